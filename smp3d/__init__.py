@@ -1,0 +1,44 @@
+"""smp3d: 2D and 3D segmentation models for PyTorch, with encoders as plugins.
+
+>>> import smp3d, torch
+>>> model = smp3d.Unet(encoder_name="resnet18", in_channels=1, classes=3)  # 3D by default
+>>> model(torch.randn(1, 1, 64, 64, 64)).shape
+torch.Size([1, 3, 64, 64, 64])
+"""
+
+from . import layers
+from .base import SegmentationModel
+from .decoders import Unet
+from .encoders import (
+    EncoderSpec,
+    WeightSource,
+    get_encoder,
+    get_encoder_spec,
+    list_encoder_resolvers,
+    list_encoders,
+    register_encoder,
+    register_encoder_resolver,
+    unregister_encoder,
+    unregister_encoder_resolver,
+)
+from .models import create_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EncoderSpec",
+    "SegmentationModel",
+    "Unet",
+    "WeightSource",
+    "__version__",
+    "create_model",
+    "get_encoder",
+    "get_encoder_spec",
+    "layers",
+    "list_encoder_resolvers",
+    "list_encoders",
+    "register_encoder",
+    "register_encoder_resolver",
+    "unregister_encoder",
+    "unregister_encoder_resolver",
+]

@@ -1,0 +1,18 @@
+"""Model scaffolding shared by every architecture."""
+
+from .checks import check_classes, check_input, padded_size
+from .heads import ClassificationHead, SegmentationHead, build_classification_head
+from .initialization import initialize_decoder, initialize_head
+from .model import SegmentationModel
+
+__all__ = [
+    "ClassificationHead",
+    "SegmentationHead",
+    "SegmentationModel",
+    "build_classification_head",
+    "check_classes",
+    "check_input",
+    "initialize_decoder",
+    "initialize_head",
+    "padded_size",
+]

@@ -1,0 +1,114 @@
+"""The U-Net decoder (Ronneberger et al., 2015), for any encoder and any spatial_dims.
+
+It reads only the encoder's ``out_channels`` and ``reductions``: block ``i`` brings the deeper
+map to the size of the next skip connection (interpolation to that size, or a transposed
+convolution by the per-axis ratio of reductions), concatenates the skip, then applies two
+conv-norm-ReLU layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...layers import Attention, ConvNormAct, conv_transpose, interpolation_mode
+from ...layers.blocks import NormSpec
+
+__all__ = ["UnetDecoder", "UnetDecoderBlock"]
+
+TRANSPOSED = "transposed"
+
+
+class UnetDecoderBlock(nn.Module):
+    """Upsample to the skip's size -> concat skip -> [attention] -> 2 x conv-norm-ReLU -> [attention]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        scale: tuple[int, ...],
+        use_norm: NormSpec = "batchnorm",
+        attention_type: str | None = None,
+        interpolation: str = "nearest",
+        spatial_dims: int = 3,
+    ):
+        super().__init__()
+        self.transposed = interpolation == TRANSPOSED
+        if self.transposed:
+            # Learned upsampling by exactly the per-axis ratio between the two levels.
+            self.upsample: nn.Module = (
+                conv_transpose(spatial_dims)(in_channels, in_channels, kernel_size=scale, stride=scale)
+                if any(s > 1 for s in scale)
+                else nn.Identity()
+            )
+            self.interpolation_mode = TRANSPOSED
+        else:
+            self.interpolation_mode = interpolation_mode(interpolation, spatial_dims)
+        cat_channels = in_channels + skip_channels
+        self.conv1 = ConvNormAct(cat_channels, out_channels, 3, padding=1, use_norm=use_norm, spatial_dims=spatial_dims)
+        self.attention1 = Attention(attention_type, cat_channels, spatial_dims=spatial_dims)
+        self.conv2 = ConvNormAct(out_channels, out_channels, 3, padding=1, use_norm=use_norm, spatial_dims=spatial_dims)
+        self.attention2 = Attention(attention_type, out_channels, spatial_dims=spatial_dims)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int], skip: torch.Tensor | None = None) -> torch.Tensor:
+        if self.transposed:
+            x = self.upsample(x)
+        elif tuple(x.shape[2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode=self.interpolation_mode)
+        if skip is not None:
+            x = self.attention1(torch.cat([x, skip], dim=1))
+        return self.attention2(self.conv2(self.conv1(x)))
+
+
+class UnetDecoder(nn.Module):
+    """Decoder blocks from the deepest feature up to the input resolution.
+
+    Args:
+        encoder_channels: the encoder's ``out_channels`` (item 0 is the input).
+        reductions: the encoder's ``reductions``, one per-axis tuple per feature.
+        decoder_channels: output channels of each block, deepest first; one per encoder stage.
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        reductions: Sequence[Sequence[int]],
+        decoder_channels: Sequence[int],
+        use_norm: NormSpec = "batchnorm",
+        attention_type: str | None = None,
+        interpolation: str = "nearest",
+        spatial_dims: int = 3,
+    ):
+        super().__init__()
+        depth = len(encoder_channels) - 1
+        if len(decoder_channels) != depth:
+            suggestion = tuple((256, 128, 64, 32, 16)[-depth:]) if depth <= 5 else None
+            raise ValueError(
+                f"decoder_channels has {len(decoder_channels)} items but the encoder has {depth} stages "
+                f"(encoder_depth={depth}); give one channel count per decoder block"
+                + (f", e.g. decoder_channels={suggestion}." if suggestion else ".")
+            )
+        # Deepest first: block i goes from level depth-i to level depth-i-1.
+        skips = list(encoder_channels[1:-1])[::-1] + [0]
+        inputs = [encoder_channels[-1], *decoder_channels[:-1]]
+        self.center = nn.Identity()
+        self.blocks = nn.ModuleList()
+        for i, (cin, cskip, cout) in enumerate(zip(inputs, skips, decoder_channels, strict=True)):
+            level = depth - i
+            scale = tuple(hi // lo for hi, lo in zip(reductions[level], reductions[level - 1], strict=True))
+            self.blocks.append(
+                UnetDecoderBlock(cin, cskip, cout, scale, use_norm, attention_type, interpolation, spatial_dims)
+            )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = self.center(features[-1])
+        depth = len(features) - 1
+        for i, block in enumerate(self.blocks):
+            level = depth - i - 1  # the level this block outputs
+            skip = features[level] if level > 0 else None
+            x = block(x, features[level].shape[2:], skip)
+        return x

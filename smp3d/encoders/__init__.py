@@ -1,0 +1,57 @@
+"""The encoder protocol, the registry and weight handling. No encoder family lives here."""
+
+from .adapt import adapt_input_channels, adapt_input_weight
+from .protocol import (
+    Encoder,
+    EncoderProtocol,
+    check_depth,
+    cumulative_reductions,
+    resolve_strides,
+    validate_encoder,
+)
+from .registry import (
+    ENCODER_GROUP,
+    RESOLVER_GROUP,
+    EncoderNameConflictError,
+    EncoderPluginWarning,
+    EncoderRegistry,
+    UnknownEncoderError,
+    get_encoder,
+    get_encoder_spec,
+    list_encoder_resolvers,
+    list_encoders,
+    register_encoder,
+    register_encoder_resolver,
+    unregister_encoder,
+    unregister_encoder_resolver,
+)
+from .spec import EncoderSpec, WeightSource
+from .weights import load_state_dict_strict
+
+__all__ = [
+    "ENCODER_GROUP",
+    "RESOLVER_GROUP",
+    "Encoder",
+    "EncoderNameConflictError",
+    "EncoderPluginWarning",
+    "EncoderProtocol",
+    "EncoderRegistry",
+    "EncoderSpec",
+    "UnknownEncoderError",
+    "WeightSource",
+    "adapt_input_channels",
+    "adapt_input_weight",
+    "check_depth",
+    "cumulative_reductions",
+    "get_encoder",
+    "get_encoder_spec",
+    "list_encoder_resolvers",
+    "list_encoders",
+    "load_state_dict_strict",
+    "register_encoder",
+    "register_encoder_resolver",
+    "resolve_strides",
+    "unregister_encoder",
+    "unregister_encoder_resolver",
+    "validate_encoder",
+]

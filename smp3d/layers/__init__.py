@@ -1,0 +1,51 @@
+"""Dims-agnostic building blocks: every layer is chosen by ``spatial_dims`` (1, 2 or 3)."""
+
+from .blocks import (
+    NORMS,
+    SCSE,
+    Activation,
+    Attention,
+    ChannelLayerNorm,
+    ConvNormAct,
+    create_activation,
+    create_norm,
+)
+from .factories import (
+    adaptive_avg_pool,
+    adaptive_max_pool,
+    as_tuple,
+    avg_pool,
+    batch_norm,
+    check_spatial_dims,
+    conv,
+    conv_transpose,
+    dropout,
+    instance_norm,
+    interpolation_mode,
+    layer_type,
+    max_pool,
+)
+
+__all__ = [
+    "NORMS",
+    "SCSE",
+    "Activation",
+    "Attention",
+    "ChannelLayerNorm",
+    "ConvNormAct",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "as_tuple",
+    "avg_pool",
+    "batch_norm",
+    "check_spatial_dims",
+    "conv",
+    "conv_transpose",
+    "create_activation",
+    "create_norm",
+    "dropout",
+    "instance_norm",
+    "interpolation_mode",
+    "layer_type",
+    "max_pool",
+]
