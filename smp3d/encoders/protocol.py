@@ -14,7 +14,6 @@ when ``n`` is divisible, and at least that otherwise (each encoder documents its
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -177,8 +176,3 @@ def validate_encoder(encoder: Any, depth: int, in_channels: int, spatial_dims: i
             )
     if reductions[0] != (1,) * spatial_dims:
         raise TypeError(f"{where}: reductions[0] must be all ones, got {reductions[0]}.")
-
-
-def feature_size(size: int, reduction: int) -> int:
-    """Spatial size of a feature reduced by ``reduction`` from ``size`` (ceil division)."""
-    return math.ceil(size / reduction)

@@ -28,8 +28,10 @@ from typing import Any
 import torch.nn as nn
 
 from ..layers.factories import check_spatial_dims
+from .adapt import adapt_input_channels
 from .protocol import StridesArg, check_depth, validate_encoder
 from .spec import Builder, EncoderSpec, as_spec
+from .weights import load_encoder_weights
 
 __all__ = [
     "ENCODER_GROUP",
@@ -204,7 +206,7 @@ class EncoderRegistry:
             prefix, sep, rest = name.partition("-")
             resolver = self._resolver(prefix) if sep and _PREFIX.match(prefix) else None
             if resolver is not None:
-                label, resolve = resolver
+                _, resolve = resolver
                 spec = as_spec(resolve(rest), family=prefix)
                 self._resolved[name] = spec
                 return spec
@@ -276,9 +278,6 @@ class EncoderRegistry:
         strides: StridesArg = None,
         **kwargs: Any,
     ) -> nn.Module:
-        from .adapt import adapt_input_channels
-        from .weights import load_encoder_weights
-
         spec = self.spec(name)
         spatial_dims = check_spatial_dims(spatial_dims)
         check_depth(depth, spec.max_depth, name)

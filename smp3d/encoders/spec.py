@@ -30,7 +30,8 @@ class EncoderSpec:
     """A registered encoder: how to build it and what is known about it before building.
 
     ``out_channels`` are the channels of the features of the default build (depth 5, 3 input
-    channels; item 0 is the input); ``strides`` the default per-stage stride (isotropic);
+    channels; item 0 is the input); ``strides`` the per-stage stride the builder uses when
+    given ``strides=None`` (the same on every axis), so default reductions are known unbuilt;
     ``weights`` maps pretrained tags (``"imagenet"``) to their sources. Specs are immutable:
     derive a variant with ``dataclasses.replace``.
     """
