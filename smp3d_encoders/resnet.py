@@ -119,7 +119,7 @@ class ResNetEncoder(Encoder):
         spatial_dims = check_spatial_dims(spatial_dims)
         if not 1 <= depth <= 5:
             raise ValueError(f"ResNet encoders support encoder_depth 1..5, got {depth}.")
-        stage_strides = resolve_strides(strides, depth, spatial_dims)
+        stage_strides = resolve_strides(strides, depth, spatial_dims, name=type(self).__name__)
         widths = (64, 128, 256, 512)
         channels = (in_channels, 64, *(w * block.expansion for w in widths))
         super().__init__(channels[: depth + 1], stage_strides, spatial_dims)

@@ -115,7 +115,7 @@ def test_plugin_package_through_entry_points(fresh_registry, make_distribution):
     assert smp3d.get_encoder_spec("toyw-6") is smp3d.get_encoder_spec("toyw-6")
     assert smp3d.get_encoder_spec("toyw-6").family == "toyw"
     assert "toyw" in smp3d.list_encoder_resolvers()
-    with pytest.raises(ValueError, match="width must be a positive int"):
+    with pytest.raises(UnknownEncoderError, match="(?s)'toyw-wide'.*'toy-plugin'.*width must be a positive int"):
         smp3d.get_encoder("toyw-wide")
 
 
@@ -206,8 +206,9 @@ def test_register_encoder_in_process(fresh_registry):
     assert "my_resnet" not in smp3d.list_encoders()
     with pytest.raises(KeyError):
         smp3d.unregister_encoder("my_resnet")
-    with pytest.raises(ValueError, match="Invalid encoder name"):
-        smp3d.register_encoder("has space", spec)
+    for bad in ("has space", "ResNet18", ""):
+        with pytest.raises(ValueError, match="Invalid encoder name"):
+            smp3d.register_encoder(bad, spec)
     with pytest.raises(TypeError, match="EncoderSpec or a builder"):
         smp3d.register_encoder("not_callable", 42)
 

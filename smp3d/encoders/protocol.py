@@ -57,13 +57,16 @@ def resolve_strides(
     spatial_dims: int,
     default: Sequence[int] = (2, 2, 2, 2, 2),
     max_stride: int | None = None,
+    name: str | None = None,
 ) -> tuple[tuple[int, ...], ...]:
     """Per-stage, per-axis strides: ``depth`` tuples of ``spatial_dims`` positive ints.
 
     ``strides`` is ``None`` (use ``default[:depth]`` on every axis) or a sequence of ``depth``
     items, each an int (all axes) or a tuple with one int per axis. ``max_stride`` is the
-    largest stride an encoder family's blocks support along one axis (``None``: no limit).
+    largest stride an encoder family's blocks support along one axis (``None``: no limit);
+    ``name`` (the encoder's) makes error messages more specific.
     """
+    owner = f"encoder {name!r}" if name else "this encoder"
     spatial_dims = check_spatial_dims(spatial_dims)
     if strides is None:
         if depth > len(default):
@@ -76,22 +79,20 @@ def resolve_strides(
     if len(strides) != depth:
         raise ValueError(f"`strides` has {len(strides)} items but encoder_depth is {depth}. {hint}")
     resolved = []
-    for stage, item in enumerate(strides, start=1):
-        if isinstance(item, int) and not isinstance(item, bool):
-            item = (item,) * spatial_dims
+    for stage, given in enumerate(strides, start=1):
+        item = (given,) * spatial_dims if isinstance(given, int) and not isinstance(given, bool) else given
         if (
             not isinstance(item, Sequence)
             or len(item) != spatial_dims
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in item)
         ):
             raise ValueError(
-                f"`strides` item {stage} is {item!r}: each stride must be a positive int or a tuple of "
+                f"`strides` item {stage} is {given!r}: each stride must be a positive int or a tuple of "
                 f"{spatial_dims} positive ints (one per axis, spatial_dims={spatial_dims}). {hint}"
             )
         if max_stride is not None and max(item) > max_stride:
             raise ValueError(
-                f"`strides` item {stage} is {tuple(item)}, but this encoder supports strides of at most "
-                f"{max_stride} per axis."
+                f"`strides` item {stage} is {given!r}, but {owner} supports strides of at most {max_stride} per axis."
             )
         resolved.append(tuple(int(s) for s in item))
     return tuple(resolved)

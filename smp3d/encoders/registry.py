@@ -53,7 +53,7 @@ __all__ = [
 ENCODER_GROUP = "smp3d.encoders"
 RESOLVER_GROUP = "smp3d.encoder_resolvers"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 _PREFIX = re.compile(r"^[a-z0-9_.]+$")
 
 Resolver = Callable[[str], EncoderSpec | Builder]
@@ -92,7 +92,8 @@ def _label(ep: EntryPoint) -> str:
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
-            f"Invalid encoder name {name!r}: use letters, digits, '_', '.' and '-', starting with a letter or digit."
+            f"Invalid encoder name {name!r}: use lowercase letters, digits, '_', '.' and '-', "
+            f"starting with a letter or digit."
         )
     return name
 
@@ -206,8 +207,13 @@ class EncoderRegistry:
             prefix, sep, rest = name.partition("-")
             resolver = self._resolver(prefix) if sep and _PREFIX.match(prefix) else None
             if resolver is not None:
-                _, resolve = resolver
-                spec = as_spec(resolve(rest), family=prefix)
+                label, resolve = resolver
+                try:
+                    spec = as_spec(resolve(rest), family=prefix)
+                except (LookupError, ValueError) as exc:  # the resolver does not know `rest`
+                    raise UnknownEncoderError(
+                        f"Encoder {name!r}: the resolver for the prefix {prefix!r} ({label}) rejected {rest!r}: {exc}"
+                    ) from exc
                 self._resolved[name] = spec
                 return spec
         raise UnknownEncoderError(self._unknown_message(name))
