@@ -8,6 +8,11 @@ An encoder is an ``nn.Module`` with
   per-axis reduction of each feature, item 0 all ones;
 - ``spatial_dims: int``.
 
+Optional metadata a decoder may read (absent means ``False``):
+
+- ``last_feature_pooled: bool``: the deepest feature comes straight out of a pooling layer with
+  no convolution after it (VGG); U-Net then adds a center block of two convolutions on it.
+
 Feature ``i`` of an input of spatial size ``n`` has size ``ceil(n / reductions[i])`` per axis
 when ``n`` is divisible, and at least that otherwise (each encoder documents its rounding).
 """
@@ -113,6 +118,9 @@ class Encoder(nn.Module):
     channels of every feature (item 0 = in_channels) and the per-stage strides from
     :func:`resolve_strides`; ``reductions`` and ``depth`` are derived.
     """
+
+    #: The deepest feature is a pooling output with no convolution after it (see module docs).
+    last_feature_pooled: bool = False
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from .factories import (
     interpolation_mode,
     layer_type,
     max_pool,
+    strided_pool,
 )
 
 __all__ = [
@@ -48,4 +49,5 @@ __all__ = [
     "interpolation_mode",
     "layer_type",
     "max_pool",
+    "strided_pool",
 ]

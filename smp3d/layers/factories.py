@@ -26,6 +26,7 @@ __all__ = [
     "interpolation_mode",
     "layer_type",
     "max_pool",
+    "strided_pool",
 ]
 
 SPATIAL_DIMS = (1, 2, 3)
@@ -96,6 +97,29 @@ def adaptive_max_pool(spatial_dims: int) -> type[nn.Module]:
 
 def dropout(spatial_dims: int) -> type[nn.Module]:
     return layer_type("dropout", spatial_dims)
+
+
+def strided_pool(
+    kind: str,
+    kernel_size: int,
+    stride: int | Sequence[int],
+    padding: int = 0,
+    spatial_dims: int = 3,
+    **kwargs: Any,
+) -> nn.Module:
+    """A ``"max"`` or ``"avg"`` pool that pools only along the axes it strides.
+
+    Along an axis with stride 1 the kernel is 1 and the padding 0, so that axis keeps its size
+    and its values (a per-axis stride of 1 means "leave this axis alone", e.g. thick slices);
+    along the other axes the layer is exactly ``kernel_size``/``padding``, so isotropic strides
+    give the 2D layer unchanged.
+    """
+    stride = as_tuple(stride, spatial_dims, "stride")
+    kernel = tuple(kernel_size if s > 1 else 1 for s in stride)
+    pad = tuple(padding if s > 1 else 0 for s in stride)
+    if kind not in ("max", "avg"):
+        raise ValueError(f"Unknown pooling kind {kind!r}; expected 'max' or 'avg'.")
+    return layer_type(f"{kind}_pool", spatial_dims)(kernel, stride=stride, padding=pad, **kwargs)
 
 
 def as_tuple(value: int | Sequence[int], spatial_dims: int, name: str = "value") -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-from .decoder import UnetDecoder, UnetDecoderBlock
+from .decoder import UnetCenterBlock, UnetDecoder, UnetDecoderBlock
 from .model import Unet
 
-__all__ = ["Unet", "UnetDecoder", "UnetDecoderBlock"]
+__all__ = ["Unet", "UnetCenterBlock", "UnetDecoder", "UnetDecoderBlock"]

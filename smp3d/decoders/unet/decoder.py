@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ...layers import Attention, ConvNormAct, conv_transpose, interpolation_mode
 from ...layers.blocks import NormSpec
 
-__all__ = ["UnetDecoder", "UnetDecoderBlock"]
+__all__ = ["UnetCenterBlock", "UnetDecoder", "UnetDecoderBlock"]
 
 TRANSPOSED = "transposed"
 
@@ -64,6 +64,17 @@ class UnetDecoderBlock(nn.Module):
         return self.attention2(self.conv2(self.conv1(x)))
 
 
+class UnetCenterBlock(nn.Sequential):
+    """Two conv-norm-ReLU layers on the deepest feature, for encoders whose deepest feature is a
+    bare pooling output (``encoder.last_feature_pooled``)."""
+
+    def __init__(self, channels: int, use_norm: NormSpec = "batchnorm", spatial_dims: int = 3):
+        super().__init__(
+            ConvNormAct(channels, channels, 3, padding=1, use_norm=use_norm, spatial_dims=spatial_dims),
+            ConvNormAct(channels, channels, 3, padding=1, use_norm=use_norm, spatial_dims=spatial_dims),
+        )
+
+
 class UnetDecoder(nn.Module):
     """Decoder blocks from the deepest feature up to the input resolution.
 
@@ -71,6 +82,7 @@ class UnetDecoder(nn.Module):
         encoder_channels: the encoder's ``out_channels`` (item 0 is the input).
         reductions: the encoder's ``reductions``, one per-axis tuple per feature.
         decoder_channels: output channels of each block, deepest first; one per encoder stage.
+        add_center_block: apply a :class:`UnetCenterBlock` to the deepest feature first.
     """
 
     def __init__(
@@ -82,6 +94,7 @@ class UnetDecoder(nn.Module):
         attention_type: str | None = None,
         interpolation: str = "nearest",
         spatial_dims: int = 3,
+        add_center_block: bool = False,
     ):
         super().__init__()
         depth = len(encoder_channels) - 1
@@ -95,7 +108,9 @@ class UnetDecoder(nn.Module):
         # Deepest first: block i goes from level depth-i to level depth-i-1.
         skips = list(encoder_channels[1:-1])[::-1] + [0]
         inputs = [encoder_channels[-1], *decoder_channels[:-1]]
-        self.center = nn.Identity()
+        self.center = (
+            UnetCenterBlock(encoder_channels[-1], use_norm, spatial_dims) if add_center_block else nn.Identity()
+        )
         self.blocks = nn.ModuleList()
         for i, (cin, cskip, cout) in enumerate(zip(inputs, skips, decoder_channels, strict=True)):
             level = depth - i

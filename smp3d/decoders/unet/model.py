@@ -91,6 +91,7 @@ class Unet(SegmentationModel):
             attention_type=decoder_attention_type,
             interpolation=decoder_interpolation,
             spatial_dims=spatial_dims,
+            add_center_block=getattr(self.encoder, "last_feature_pooled", False),
         )
         self.segmentation_head = SegmentationHead(
             decoder_channels[-1], classes, kernel_size=3, activation=activation, spatial_dims=spatial_dims
