@@ -12,9 +12,11 @@ Optional metadata a decoder may read (absent means ``False``):
 
 - ``last_feature_pooled: bool``: the deepest feature comes straight out of a pooling layer with
   no convolution after it (VGG); U-Net then adds a center block of two convolutions on it.
+  VGG keeps it ``True`` at every depth, as smp's Unet adds the block for VGG at every depth.
 
-Feature ``i`` of an input of spatial size ``n`` has size ``ceil(n / reductions[i])`` per axis
-when ``n`` is divisible, and at least that otherwise (each encoder documents its rounding).
+Feature ``i`` of an input of spatial size ``n`` has size ``n / reductions[i]`` per axis when
+``n`` is divisible by the reduction; otherwise the rounding is the family's own (ceil for
+strided convolutions, floor for some pools) and each encoder documents it.
 """
 
 from __future__ import annotations
