@@ -158,6 +158,11 @@ class ResNetEncoder(Encoder):
         layers += [block(self.inplanes, planes, **self._block_args) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        if stage == 1:
+            return [self.conv1]
+        return [self.maxpool, self.layer1] if stage == 2 else [getattr(self, f"layer{stage - 1}")]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [x]
         x = self.relu(self.bn1(self.conv1(x)))

@@ -1,5 +1,6 @@
 """Model scaffolding shared by every architecture."""
 
+from .assembly import build_encoder, check_encoder_depth, final_upsampling, pop_deprecated_norm
 from .checks import check_classes, check_input, padded_size
 from .heads import ClassificationHead, SegmentationHead, build_classification_head
 from .initialization import initialize_decoder, initialize_head
@@ -10,6 +11,10 @@ __all__ = [
     "SegmentationHead",
     "SegmentationModel",
     "build_classification_head",
+    "build_encoder",
+    "check_encoder_depth",
+    "final_upsampling",
+    "pop_deprecated_norm",
     "check_classes",
     "check_input",
     "initialize_decoder",

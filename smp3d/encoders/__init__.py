@@ -1,6 +1,7 @@
 """The encoder protocol, the registry and weight handling. No encoder family lives here."""
 
 from .adapt import adapt_input_channels, adapt_input_weight
+from .dilation import dilate_encoder, dilate_module, dilation_schedule
 from .protocol import (
     Encoder,
     EncoderProtocol,
@@ -43,6 +44,9 @@ __all__ = [
     "adapt_input_weight",
     "check_depth",
     "cumulative_reductions",
+    "dilate_encoder",
+    "dilate_module",
+    "dilation_schedule",
     "get_encoder",
     "get_encoder_spec",
     "list_encoder_resolvers",

@@ -13,6 +13,12 @@ Optional metadata a decoder may read (absent means ``False``):
 - ``last_feature_pooled: bool``: the deepest feature comes straight out of a pooling layer with
   no convolution after it (VGG); U-Net then adds a center block of two convolutions on it.
   VGG keeps it ``True`` at every depth, as smp's Unet adds the block for VGG at every depth.
+- ``make_dilated(output_stride) -> None``: the dilation hook. Replace the deepest strides by
+  dilation so that ``reductions[-1]`` becomes ``output_stride`` (an int or a per-axis tuple; axes
+  already at or below it stay as they are) and update ``reductions``. DeepLabV3/V3+ and PAN call
+  it through :func:`smp3d.encoders.dilation.dilate_encoder`; an encoder without it works with
+  every architecture except at an ``encoder_output_stride`` below its own. Subclasses of
+  :class:`Encoder` get it by implementing :meth:`Encoder.stage_modules`.
 
 Feature ``i`` of an input of spatial size ``n`` has size ``n / reductions[i]`` per axis when
 ``n`` is divisible by the reduction; otherwise the rounding is the family's own (ceil for
@@ -28,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.factories import check_spatial_dims
+from .dilation import dilate_module, dilation_schedule
 
 __all__ = [
     "Encoder",
@@ -153,6 +160,35 @@ class Encoder(nn.Module):
     def output_stride(self) -> tuple[int, ...]:
         """Total per-axis reduction of the deepest feature."""
         return self.reductions[-1]
+
+    def stage_modules(self, stage: int) -> Sequence[nn.Module]:
+        """The modules that make up stage ``stage`` (1-based; stage ``i`` carries ``strides[i - 1]``).
+
+        Every convolution and pooling layer between feature ``stage - 1`` and feature ``stage``
+        must be inside exactly one of them, and nothing of another stage. Implementing this gives
+        the encoder :meth:`make_dilated`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__qualname__} does not define stage_modules(), so it cannot be dilated."
+        )
+
+    def make_dilated(self, output_stride: int | Sequence[int]) -> None:
+        """Trade the deepest strides for dilation until ``reductions[-1] == output_stride`` (per axis).
+
+        See :mod:`smp3d.encoders.dilation` for the rule (smp's, generalized per axis). Weights
+        are untouched, so it may be called before or after loading them.
+        """
+        owner = type(self).__qualname__
+        strides, rates = dilation_schedule(self.strides, output_stride, name=owner)
+        previous = getattr(self, "dilations", ((1,) * self.spatial_dims,) * self.depth)
+        totals = tuple(tuple(r * b for r, b in zip(*pair, strict=True)) for pair in zip(rates, previous, strict=True))
+        for stage, (total, before) in enumerate(zip(totals, previous, strict=True), start=1):
+            if total != before:
+                for module in self.stage_modules(stage):
+                    dilate_module(module, total)
+        self.dilations = totals
+        self.strides = strides
+        self.reductions = cumulative_reductions(strides, self.spatial_dims)
 
 
 def validate_encoder(encoder: Any, depth: int, in_channels: int, spatial_dims: int, name: str) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...encoders import get_encoder
+from ...base.assembly import build_encoder, pop_deprecated_norm
 from ...encoders.protocol import StridesArg
 from ...layers.blocks import NormSpec
 from .decoder import TRANSPOSED, UnetDecoder
@@ -68,13 +67,10 @@ class Unet(SegmentationModel):
         **kwargs: Any,
     ):
         super().__init__()
-        if "decoder_use_batchnorm" in kwargs:
-            warnings.warn(
-                "decoder_use_batchnorm is deprecated; use decoder_use_norm.", DeprecationWarning, stacklevel=2
-            )
-            decoder_use_norm = kwargs.pop("decoder_use_batchnorm")
+        decoder_use_norm = pop_deprecated_norm(kwargs, decoder_use_norm)
         check_classes(classes)
-        self.encoder = get_encoder(
+        self.encoder = build_encoder(
+            "Unet",
             encoder_name,
             in_channels=in_channels,
             depth=encoder_depth,

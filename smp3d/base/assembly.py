@@ -1,0 +1,84 @@
+"""What every architecture's constructor does the same way: build the encoder (dilated if asked),
+validate the depth it needs, resolve the final upsampling, honour smp's deprecated arguments."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn as nn
+
+from ..encoders import get_encoder
+from ..encoders.dilation import dilate_encoder
+from ..encoders.protocol import StridesArg
+
+__all__ = ["build_encoder", "check_encoder_depth", "final_upsampling", "pop_deprecated_norm"]
+
+
+def check_encoder_depth(depth: Any, allowed: Sequence[int], arch: str, why: str = "") -> int:
+    """Raise a ValueError unless ``depth`` is one of ``allowed`` (at construction, with the reason)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth not in allowed:
+        lo, hi = min(allowed), max(allowed)
+        choices = f"{lo}..{hi}" if list(allowed) == list(range(lo, hi + 1)) else tuple(allowed)
+        raise ValueError(f"{arch} supports encoder_depth in {choices}, got {depth!r}." + (f" {why}" if why else ""))
+    return depth
+
+
+def build_encoder(
+    arch: str,
+    encoder_name: str,
+    *,
+    in_channels: int,
+    depth: int,
+    weights: str | None,
+    spatial_dims: int,
+    strides: StridesArg,
+    output_stride: int | Sequence[int] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """The encoder of an ``arch`` model; with ``output_stride`` its deepest strides become dilation
+    (per axis, only where its reduction exceeds the target; see :mod:`smp3d.encoders.dilation`)."""
+    encoder = get_encoder(
+        encoder_name,
+        in_channels=in_channels,
+        depth=depth,
+        weights=weights,
+        spatial_dims=spatial_dims,
+        strides=strides,
+        **kwargs,
+    )
+    dilate_encoder(encoder, output_stride, owner=f"{arch}({encoder_name!r})")
+    return encoder
+
+
+def final_upsampling(upsampling: int | Sequence[int] | None, reduction: Sequence[int], arch: str) -> tuple[int, ...]:
+    """Per-axis scale factor of the segmentation head.
+
+    ``None`` means "back to the input size": the per-axis ``reduction`` of the decoder's output
+    (read from the encoder, so anisotropic strides and dilation are accounted for). An int or a
+    per-axis tuple is used as given, as in smp.
+    """
+    spatial_dims = len(reduction)
+    if upsampling is None:
+        return tuple(int(r) for r in reduction)
+    is_int = isinstance(upsampling, int) and not isinstance(upsampling, bool)
+    factor = (upsampling,) * spatial_dims if is_int else upsampling
+    if (
+        not isinstance(factor, Sequence)
+        or len(factor) != spatial_dims
+        or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in factor)
+    ):
+        raise ValueError(
+            f"{arch}: upsampling must be None (back to the input size, here {tuple(reduction)}), a positive int "
+            f"or a tuple of {spatial_dims} positive ints, got {upsampling!r}."
+        )
+    return tuple(factor)
+
+
+def pop_deprecated_norm(kwargs: dict[str, Any], use_norm: Any, old_name: str = "decoder_use_batchnorm") -> Any:
+    """smp's deprecated ``decoder_use_batchnorm``/``psp_use_batchnorm``: warn and use it as ``use_norm``."""
+    if old_name in kwargs:
+        warnings.warn(f"{old_name} is deprecated; use decoder_use_norm.", DeprecationWarning, stacklevel=3)
+        return kwargs.pop(old_name)
+    return use_norm
