@@ -160,15 +160,19 @@ def dilate_encoder(encoder: Any, output_stride: int | Sequence[int] | None, owne
     current = tuple(encoder.reductions[-1])
     if all(c <= t for c, t in zip(current, target, strict=True)):
         return
+    hint = (
+        f"{owner} needs encoder_output_stride={output_stride}, but the encoder {type(encoder).__qualname__} "
+        f"(output stride {current}) cannot trade strides for dilation: it does not implement `make_dilated` "
+        f"(subclasses of smp3d.encoders.Encoder get it by defining `stage_modules`). Use an encoder that does, "
+        f"or encoder_output_stride={tuple(current)}."
+    )
     make_dilated = getattr(encoder, "make_dilated", None)
     if make_dilated is None:
-        raise ValueError(
-            f"{owner} needs encoder_output_stride={output_stride}, but the encoder "
-            f"{type(encoder).__qualname__} (output stride {current}) does not implement `make_dilated` "
-            f"(see smp3d.encoders.Encoder.stage_modules). Use an encoder that does, or "
-            f"encoder_output_stride={max(current)}."
-        )
-    make_dilated(tuple(min(c, t) for c, t in zip(current, target, strict=True)))
+        raise ValueError(hint)
+    try:
+        make_dilated(tuple(min(c, t) for c, t in zip(current, target, strict=True)))
+    except NotImplementedError as error:
+        raise ValueError(hint) from error
     reached = tuple(encoder.reductions[-1])
     expected = tuple(min(c, t) for c, t in zip(current, target, strict=True))
     if reached != expected:

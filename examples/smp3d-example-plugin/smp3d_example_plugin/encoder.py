@@ -67,6 +67,11 @@ class ExampleVGGEncoder(Encoder):
             for i in range(depth)
         )
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """Stage ``stage`` (1-based) for the dilation hook: implementing this one method lets
+        DeepLabV3/V3+ and PAN trade this encoder's deepest strides for dilation."""
+        return [self.stages[stage - 1]]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``x`` of shape ``(B, C, *spatial)`` -> ``[x, feature_1, ..., feature_depth]``."""
         features = [x]
