@@ -113,6 +113,7 @@ def run_cell(cell: Cell) -> Outcome:
     except Exception as error:  # noqa: BLE001 - anything else is a bug to report
         return Outcome("bug", f"construction: {type(error).__name__}: {error}")
     size = (SIZE,) * cell.spatial_dims
+    model.eval()  # batch statistics of a single sample are undefined after global pooling
     try:
         with torch.no_grad():
             out = model(torch.empty(1, 1, *size, device="meta"))
@@ -153,6 +154,45 @@ go through the same test (`tests/test_architectures.py` runs it for every instal
 """
 
 
+def _family(name: str) -> str:
+    return smp3d.get_encoder_spec(name).family or name
+
+
+def requirements() -> list[tuple[str, ...]]:
+    """Per architecture: the encoder depths it accepts (refusals with their reasons), whether it
+    dilates the encoder, and what input sizes it takes. Built with resnet18 on the meta device."""
+    rows = []
+    for arch, cls in architectures().items():
+        parameters = inspect.signature(cls.__init__).parameters
+        accepted, refused = [], []
+        channels = parameters.get("decoder_channels")
+        for depth in range(1, 6):
+            extra = {}
+            if channels is not None and isinstance(channels.default, tuple):  # one item per decoder block
+                extra["decoder_channels"] = channels.default[-depth:]
+            try:
+                with torch.device("meta"):
+                    model = cls(encoder_name="resnet18", encoder_depth=depth, spatial_dims=2, **extra)
+            except ValueError as error:
+                refused.append(f"{depth}: {error}")
+                continue
+            accepted.append(depth)
+            if depth == parameters["encoder_depth"].default:
+                sizes = "multiple of the output stride" if model.requires_divisible_input_shape else "any"
+        dilation = parameters.get("encoder_output_stride")
+        rows.append(
+            (
+                arch,
+                str(parameters["encoder_depth"].default),
+                ", ".join(map(str, accepted)),
+                "-" if dilation is None else str(dilation.default),
+                sizes,
+                " ".join(refused),
+            )
+        )
+    return rows
+
+
 def render(results: dict[Cell, Outcome] | None = None) -> str:
     results = matrix() if results is None else results
     archs = list(dict.fromkeys(c.arch for c in results))
@@ -170,7 +210,7 @@ def render(results: dict[Cell, Outcome] | None = None) -> str:
             summary=summary,
         ).rstrip()
         + "\n",
-        "| architecture | " + " | ".join(f"`{e}`" for e in encoders) + " |",
+        "| architecture | " + " | ".join(f"{_family(e)} (`{e}`)" for e in encoders) + " |",
         "|---|" + "---|" * len(encoders),
     ]
     notes: dict[str, int] = {}
@@ -195,6 +235,25 @@ def render(results: dict[Cell, Outcome] | None = None) -> str:
         lines.append("")
         for text, number in notes.items():
             lines.append(f"{number}. {text}")
+    lines += [
+        "",
+        "## What each architecture needs",
+        "",
+        "Encoder depths each architecture accepts (others are refused at construction with the reason",
+        "below), the default `encoder_output_stride` of those that trade the encoder's deepest strides for",
+        "dilation (per axis; any encoder with the dilation hook, see docs/index.md), and the input sizes",
+        "they take at their defaults (\"any\": sizes need not be multiples of the output stride).",
+        "",
+        "| architecture | default depth | depths | encoder_output_stride | input sizes |",
+        "|---|---|---|---|---|",
+    ]
+    reasons = []
+    for arch, default, accepted, dilation, sizes, refused in requirements():
+        lines.append(f"| {arch} | {default} | {accepted} | {dilation} | {sizes} |")
+        if refused:
+            reasons.append(f"- {arch}, encoder_depth {refused}")
+    if reasons:
+        lines += ["", "Refusals:", "", *reasons]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,19 @@ torch.Size([1, 3, 64, 64, 64])
 
 from . import layers
 from .base import SegmentationModel
-from .decoders import Unet
+from .decoders import (
+    FPN,
+    PAN,
+    DeepLabV3,
+    DeepLabV3Plus,
+    Linknet,
+    MAnet,
+    PSPNet,
+    Segformer,
+    Unet,
+    UnetPlusPlus,
+    UPerNet,
+)
 from .encoders import (
     EncoderSpec,
     WeightSource,
@@ -26,7 +38,17 @@ from .models import create_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "FPN",
+    "PAN",
+    "DeepLabV3",
+    "DeepLabV3Plus",
     "EncoderSpec",
+    "Linknet",
+    "MAnet",
+    "PSPNet",
+    "Segformer",
+    "UPerNet",
+    "UnetPlusPlus",
     "SegmentationModel",
     "Unet",
     "WeightSource",

@@ -6,11 +6,44 @@ import difflib
 from typing import Any
 
 from .base import SegmentationModel
-from .decoders import Unet
+from .decoders import (
+    FPN,
+    PAN,
+    DeepLabV3,
+    DeepLabV3Plus,
+    Linknet,
+    MAnet,
+    PSPNet,
+    Segformer,
+    Unet,
+    UnetPlusPlus,
+    UPerNet,
+)
 
 __all__ = ["ARCHITECTURES", "create_model"]
 
-ARCHITECTURES: dict[str, type[SegmentationModel]] = {"unet": Unet}
+_CLASSES: tuple[type[SegmentationModel], ...] = (
+    Unet,
+    UnetPlusPlus,
+    MAnet,
+    Linknet,
+    FPN,
+    PSPNet,
+    DeepLabV3,
+    DeepLabV3Plus,
+    PAN,
+    UPerNet,
+    Segformer,
+)
+
+#: Lower-case name -> class: smp's names (the class names, lower-cased) and common spellings.
+ARCHITECTURES: dict[str, type[SegmentationModel]] = {
+    **{cls.__name__.lower(): cls for cls in _CLASSES},
+    "unet++": UnetPlusPlus,
+    "deeplabv3+": DeepLabV3Plus,
+    "deeplabv3-plus": DeepLabV3Plus,
+    "uper": UPerNet,
+}
 
 
 def create_model(arch: str, **kwargs: Any) -> SegmentationModel:

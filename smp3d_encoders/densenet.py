@@ -205,6 +205,23 @@ class DenseNetEncoder(Encoder):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """Stage 1: ``conv0`` (and ``norm0``); stage ``i >= 2``: the downsampling that opens it (``pool0``, or
+        the previous transition's ``conv`` and ``pool``, never its ``norm``, which makes feature ``i - 1``),
+        dense block ``i - 1`` and the norm that makes feature ``i`` (transition ``i - 1``'s or ``norm5``)."""
+        f = self.features
+        if stage == 1:
+            return [f.conv0, f.norm0]
+        block = stage - 1
+        if block == 1:
+            modules = [f.pool0]
+        else:
+            previous = f[f"transition{block - 1}"]
+            modules = [previous.conv, previous.pool]
+        modules.append(f[f"denseblock{block}"])
+        modules.append(f[f"transition{block}"].norm if block < 4 else f.norm5)
+        return modules
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C_in, *spatial)`` -> ``depth + 1`` tensors ``(B, out_channels[i], *spatial / reductions[i])``."""
         f = self.features

@@ -267,6 +267,18 @@ class DPNEncoder(Encoder):
             blocks["conv5_bn_ac"] = CatBnAct(channels, spatial_dims)
         self.features = nn.ModuleDict(blocks)
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """Stage 1: the stem's ``conv``/``bn`` (not its pool); stage 2: the stem pool and ``conv2_*``;
+        stages 3-5: ``conv{stage}_*`` (and ``conv5_bn_ac`` for stage 5)."""
+        stem = self.features["conv1_1"]
+        if stage == 1:
+            return [stem.conv, stem.bn]
+        modules = [stem.pool] if stage == 2 else []
+        modules += [self.features[name] for name in self._stage_blocks[stage - 2]]
+        if stage == 5:
+            modules.append(self.features["conv5_bn_ac"])
+        return modules
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, in_channels, *spatial)`` -> ``depth + 1`` features (see the module docs)."""
         features = [x]

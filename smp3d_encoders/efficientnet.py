@@ -246,6 +246,18 @@ class EfficientNetEncoder(Encoder):
             self._conv_head.requires_grad_(False)
             self._bn1.requires_grad_(False)
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """Stage 1: the stem; stage ``i >= 2``: the blocks after feature ``i - 1``'s block up to feature ``i``'s.
+
+        Dilated depthwise convolutions get symmetric padding ``(k // 2) * rate`` from
+        :func:`~smp3d.encoders.dilate_module`, which :func:`same_pad` then leaves alone (as smp drops
+        its static 'SAME' padding); 1x1 convolutions need no padding either way.
+        """
+        if stage == 1:
+            return [self._conv_stem, self._bn0]
+        first = self._feature_blocks[stage - 3] + 1 if stage > 2 else 0
+        return list(self._blocks[first : self._feature_blocks[stage - 2] + 1])
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [x]
         x = F.silu(self._bn0(self._conv_stem(same_pad(x, self._conv_stem))))

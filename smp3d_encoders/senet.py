@@ -241,6 +241,12 @@ class SENetEncoder(Encoder):
         layer += [block(self.inplanes, planes, **block_args) for _ in range(1, blocks)]
         return nn.Sequential(*layer)
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """Stage 1: the stem ``layer0``; stage 2: its max pool and ``layer1``; stages 3-5: ``layer2..4``."""
+        if stage == 1:
+            return [self.layer0]
+        return [self.layer0_pool, self.layer1] if stage == 2 else [getattr(self, f"layer{stage - 1}")]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C, *spatial)`` -> ``depth + 1`` tensors ``(B, out_channels[i], *spatial / reductions[i])``."""
         features = [x]

@@ -107,6 +107,12 @@ class VGGEncoder(Encoder):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """The modules of ``features`` after feature ``stage - 1`` up to feature ``stage`` (pool ``stage`` first,
+        except stage 1, which opens with conv block 1)."""
+        start = self._stage_ends[stage - 2] + 1 if stage > 1 else 0
+        return list(self.features[start : self._stage_ends[stage - 1] + 1])
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [x]
         for index, module in enumerate(self.features):

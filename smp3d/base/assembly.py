@@ -77,8 +77,12 @@ def final_upsampling(upsampling: int | Sequence[int] | None, reduction: Sequence
 
 
 def pop_deprecated_norm(kwargs: dict[str, Any], use_norm: Any, old_name: str = "decoder_use_batchnorm") -> Any:
-    """smp's deprecated ``decoder_use_batchnorm``/``psp_use_batchnorm``: warn and use it as ``use_norm``."""
-    if old_name in kwargs:
-        warnings.warn(f"{old_name} is deprecated; use decoder_use_norm.", DeprecationWarning, stacklevel=3)
-        return kwargs.pop(old_name)
-    return use_norm
+    """smp's deprecated ``decoder_use_batchnorm``/``psp_use_batchnorm``: warn and use it as ``use_norm``.
+
+    As in smp, an explicit ``None`` counts as not given.
+    """
+    value = kwargs.pop(old_name, None)
+    if value is None:
+        return use_norm
+    warnings.warn(f"{old_name} is deprecated; use decoder_use_norm.", DeprecationWarning, stacklevel=3)
+    return value

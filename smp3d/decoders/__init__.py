@@ -1,5 +1,26 @@
 """Architectures: one folder each, ``decoder.py`` (the decoder) + ``model.py`` (the assembly)."""
 
+from .deeplabv3 import DeepLabV3, DeepLabV3Plus
+from .fpn import FPN
+from .linknet import Linknet
+from .manet import MAnet
+from .pan import PAN
+from .pspnet import PSPNet
+from .segformer import Segformer
 from .unet import Unet
+from .unetplusplus import UnetPlusPlus
+from .upernet import UPerNet
 
-__all__ = ["Unet"]
+__all__ = [
+    "FPN",
+    "PAN",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "Linknet",
+    "MAnet",
+    "PSPNet",
+    "Segformer",
+    "UPerNet",
+    "Unet",
+    "UnetPlusPlus",
+]

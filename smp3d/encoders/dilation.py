@@ -17,10 +17,13 @@ pools: stride 1, an odd kernel (``k`` or ``k + 1``) and padding ``kernel // 2``,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
 
@@ -105,12 +108,38 @@ def _tuple(value: Any, n: int) -> list[int]:
     return list(value) if isinstance(value, (tuple, list)) else [value] * n
 
 
+class _ValidAverage:
+    """Mixin for the average pools of dilated stages: average over the voxels inside the input only.
+
+    Pads explicitly and divides by the pooled count of real voxels, because torch's ``avg_pool3d``
+    refuses an input smaller than the kernel even where the padding would cover it (2D does not),
+    and a dilated stage can meet 2-voxel features. Same result as ``count_include_pad=False``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.ndim - 2
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
+        pads: list[int] = []
+        for p in reversed(_tuple(self.padding, n)):
+            pads += [p, p]
+        ones = x.new_ones((1, 1, *x.shape[2:]))
+        total = pool(F.pad(x, pads), self.kernel_size, self.stride, 0, self.ceil_mode, True)
+        count = pool(F.pad(ones, pads), self.kernel_size, self.stride, 0, self.ceil_mode, True)
+        return total / count
+
+
+@functools.cache
+def _valid_average(cls: type) -> type:
+    return type(f"Dilated{cls.__name__}", (_ValidAverage, cls), {"__module__": __name__})
+
+
 def dilate_module(module: nn.Module, rates: Sequence[int]) -> None:
     """Apply per-axis dilation ``rates`` to every convolution and pooling layer inside ``module``.
 
     Along each axis with a rate above 1: convolutions get stride 1, that dilation and padding
     ``(kernel // 2) * rate``; max/avg pools with a stride get stride 1, an odd kernel and
-    ``kernel // 2`` padding. Transposed convolutions and adaptive pools are left alone.
+    ``kernel // 2`` padding (average pools then count only real voxels). Transposed convolutions
+    and adaptive pools are left alone.
     """
     axes = [a for a, r in enumerate(rates) if r > 1]
     if not axes:
@@ -144,7 +173,10 @@ def dilate_module(module: nn.Module, rates: Sequence[int]) -> None:
             if changed:
                 m.kernel_size, m.stride, m.padding = tuple(kernel), tuple(stride), tuple(padding)
                 if isinstance(m, _AvgPoolNd):
-                    m.count_include_pad = False  # the new border padding must not dilute averages
+                    # The new border padding must not dilute averages; see _ValidAverage for the class swap.
+                    m.count_include_pad = False
+                    if not isinstance(m, _ValidAverage):
+                        m.__class__ = _valid_average(type(m))
 
 
 def dilate_encoder(encoder: Any, output_stride: int | Sequence[int] | None, owner: str) -> None:

@@ -1,0 +1,4 @@
+from .decoder import ConvGroupNormReLU, FPNBlock, FPNDecoder, MergeBlock, SegmentationBlock
+from .model import FPN
+
+__all__ = ["FPN", "ConvGroupNormReLU", "FPNBlock", "FPNDecoder", "MergeBlock", "SegmentationBlock"]

@@ -1,0 +1,4 @@
+from .decoder import PSPBlock, PSPDecoder, PSPModule
+from .model import PSPNet
+
+__all__ = ["PSPBlock", "PSPDecoder", "PSPModule", "PSPNet"]

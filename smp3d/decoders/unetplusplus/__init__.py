@@ -1,0 +1,4 @@
+from .decoder import EmptyNode, UnetPlusPlusDecoder
+from .model import UnetPlusPlus
+
+__all__ = ["EmptyNode", "UnetPlusPlus", "UnetPlusPlusDecoder"]

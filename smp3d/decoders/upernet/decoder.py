@@ -1,0 +1,196 @@
+"""The UPerNet decoder (Xiao et al., 2018), for any encoder and any spatial_dims.
+
+It uses the encoder features from level 2 on (reduction 4 and deeper with the default strides):
+each is layer-normalized over its channels; a pyramid pooling module (adaptive average pools to
+1, 2, 3 and 6 cells per axis) summarizes the deepest one; a top-down FPN adds 1x1 projections
+of the finer features to the coarser state interpolated to their size, and a 3x3 conv refines
+every FPN level; finally all levels are interpolated to the size of level 2, concatenated
+(finest first) and fused by a 3x3 conv.
+
+Every resize goes to the actual size of its target tensor, so per-axis and non-power-of-2
+strides work; the state-dict layout depends only on the number of levels (smp's in 2D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from ...layers import ChannelLayerNorm, ConvNormAct, adaptive_avg_pool, batch_norm, interpolation_mode
+from ...layers.blocks import NormSpec
+
+__all__ = ["FIRST_LEVEL", "FPNLateralBlock", "PSPModule", "SingleCellBatchNorm", "UPerNetDecoder"]
+
+#: The finest encoder feature UPerNet uses; the decoder's output has its size.
+FIRST_LEVEL = 2
+POOL_SIZES = (1, 2, 3, 6)
+NORM_EPS = 1e-6
+
+
+def _resize(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+    """(Multi)linear resize without aligned corners; a no-op (exactly) when the size already matches."""
+    size = tuple(size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+class SingleCellBatchNorm(_BatchNorm):
+    """Batch norm (any spatial_dims) for a branch pooled to a single cell.
+
+    In training, a batch of one sample then holds a single value per channel, which has no
+    batch statistics (torch raises); this layer normalizes it with its running statistics
+    instead (not updating them), as in eval mode. Any other input is plain batch norm, and the
+    parameters and buffers are those of ``nn.BatchNorm2d``/``3d``, so state dicts are unchanged.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 3:
+            raise ValueError(f"SingleCellBatchNorm expects a (B, C, *spatial) input, got shape {tuple(x.shape)}.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats and x.numel() == x.shape[1]:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def _single_cell_safe(norm: nn.Module, spatial_dims: int) -> nn.Module:
+    """Swap a plain batch norm for :class:`SingleCellBatchNorm` with the same settings; keep anything else."""
+    if type(norm) is batch_norm(spatial_dims) and norm.track_running_stats:
+        return SingleCellBatchNorm(norm.num_features, norm.eps, norm.momentum, norm.affine, True)
+    return norm
+
+
+class PSPModule(nn.Module):
+    """Pyramid pooling: the feature, concatenated with its pooled-convolved-resized versions, fused by a 3x3 conv.
+
+    The fusing conv always uses batch norm (smp's layout); ``use_norm`` applies to the 1x1 convs.
+    A batch norm after the 1-cell pool is a :class:`SingleCellBatchNorm`, so that training with a
+    batch of one works (smp raises there).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        sizes: Sequence[int] = POOL_SIZES,
+        use_norm: NormSpec = "batchnorm",
+        spatial_dims: int = 3,
+    ):
+        super().__init__()
+        self.mode = interpolation_mode("linear", spatial_dims)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                adaptive_avg_pool(spatial_dims)(size),
+                ConvNormAct(in_channels, out_channels, 1, padding=0, use_norm=use_norm, spatial_dims=spatial_dims),
+            )
+            for size in sizes
+        )
+        for size, block in zip(sizes, self.blocks, strict=True):
+            if size != 1:
+                continue
+            block[1][1] = _single_cell_safe(block[1][1], spatial_dims)
+            if isinstance(block[1][1], _InstanceNorm):
+                raise ValueError(
+                    "UPerNet's pyramid pooling has a branch pooled to 1 cell per axis, and instance norm "
+                    "normalizes over the spatial axes, which is undefined for a single value (torch refuses it). "
+                    f"Use 'batchnorm', 'layernorm' or 'identity' as decoder_use_norm; got {use_norm!r}."
+                )
+        self.out_conv = ConvNormAct(
+            in_channels + len(sizes) * out_channels,
+            out_channels,
+            3,
+            padding=1,
+            use_norm="batchnorm",
+            spatial_dims=spatial_dims,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        pyramid = [x] + [_resize(block(x), size, self.mode) for block in self.blocks]
+        return self.out_conv(torch.cat(pyramid, dim=1))
+
+
+class FPNLateralBlock(nn.Module):
+    """Top-down step: 1x1 conv-norm-ReLU of the encoder feature plus the coarser state resized to its size."""
+
+    def __init__(
+        self, lateral_channels: int, out_channels: int, use_norm: NormSpec = "batchnorm", spatial_dims: int = 3
+    ):
+        super().__init__()
+        self.mode = interpolation_mode("linear", spatial_dims)
+        self.conv_norm_relu = ConvNormAct(
+            lateral_channels, out_channels, 1, padding=0, use_norm=use_norm, spatial_dims=spatial_dims
+        )
+
+    def forward(self, state: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
+        lateral = self.conv_norm_relu(lateral)
+        return _resize(state, lateral.shape[2:], self.mode) + lateral
+
+
+class UPerNetDecoder(nn.Module):
+    """PSP on the deepest feature + FPN over the features from level 2 on, fused at level 2's size.
+
+    Args:
+        encoder_channels: the encoder's ``out_channels`` (item 0 is the input); at least 4 items
+            (``encoder_depth >= 3``), as the decoder needs two levels from level 2 on.
+        decoder_channels: channels of every PSP/FPN map and of the output.
+        use_norm: normalization of the decoder's convs (the PSP fusing conv always uses batch norm).
+        spatial_dims: 2 or 3.
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        decoder_channels: int = 256,
+        use_norm: NormSpec = "batchnorm",
+        spatial_dims: int = 3,
+    ):
+        super().__init__()
+        depth = len(encoder_channels) - 1
+        if depth < FIRST_LEVEL + 1:
+            raise ValueError(
+                f"UPerNetDecoder needs an encoder of depth >= {FIRST_LEVEL + 1} (features from level "
+                f"{FIRST_LEVEL} on, at least two), got encoder_channels={tuple(encoder_channels)} (depth {depth})."
+            )
+        if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int) or decoder_channels < 1:
+            raise ValueError(f"decoder_channels must be a positive int, got {decoder_channels!r}.")
+        self.mode = interpolation_mode("linear", spatial_dims)
+        self.out_channels = decoder_channels
+        used = list(encoder_channels[FIRST_LEVEL:])
+        self.feature_norms = nn.ModuleList(ChannelLayerNorm(channels, eps=NORM_EPS) for channels in used)
+        self.psp = PSPModule(used[-1], decoder_channels, POOL_SIZES, use_norm, spatial_dims)
+        # Top-down: from the second deepest used level to level FIRST_LEVEL.
+        self.fpn_lateral_blocks = nn.ModuleList(
+            FPNLateralBlock(channels, decoder_channels, use_norm, spatial_dims) for channels in used[-2::-1]
+        )
+        self.fpn_conv_blocks = nn.ModuleList(
+            ConvNormAct(decoder_channels, decoder_channels, 3, padding=1, use_norm=use_norm, spatial_dims=spatial_dims)
+            for _ in used[:-1]
+        )
+        self.fusion_block = ConvNormAct(
+            len(used) * decoder_channels,
+            decoder_channels,
+            3,
+            padding=1,
+            use_norm=use_norm,
+            spatial_dims=spatial_dims,
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``features``: the encoder's output list; returns ``(B, decoder_channels, *size of level 2)``."""
+        used = [norm(f) for norm, f in zip(self.feature_norms, features[FIRST_LEVEL:], strict=True)]
+        state = self.psp(used[-1])
+        levels = [state]  # coarsest first
+        for block, conv_block, lateral in zip(self.fpn_lateral_blocks, self.fpn_conv_blocks, used[-2::-1], strict=True):
+            state = block(state, lateral)
+            levels.append(conv_block(state))
+        size = levels[-1].shape[2:]
+        # Finest first, as in smp's concatenation order.
+        stacked = torch.cat([_resize(level, size, self.mode) for level in reversed(levels)], dim=1)
+        return self.fusion_block(stacked)
