@@ -242,7 +242,7 @@ def render(results: dict[Cell, Outcome] | None = None) -> str:
         "Encoder depths each architecture accepts (others are refused at construction with the reason",
         "below), the default `encoder_output_stride` of those that trade the encoder's deepest strides for",
         "dilation (per axis; any encoder with the dilation hook, see docs/index.md), and the input sizes",
-        "they take at their defaults (\"any\": sizes need not be multiples of the output stride).",
+        'they take at their defaults ("any": sizes need not be multiples of the output stride).',
         "",
         "| architecture | default depth | depths | encoder_output_stride | input sizes |",
         "|---|---|---|---|---|",

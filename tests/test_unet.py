@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import architecture_checks as checks
 import pytest
 import segmentation_models_pytorch as smp
 import torch
@@ -30,54 +31,18 @@ PARITY_CASES = {
 
 @pytest.mark.parametrize("case", list(PARITY_CASES))
 def test_2d_unet_equals_smp(case):
-    kwargs = PARITY_CASES[case]
-    reference = smp.Unet(encoder_weights=None, **kwargs)
-    ours = smp3d.Unet(spatial_dims=2, **kwargs)
-    reference_state = reference.state_dict()
-    # Shallow encoders: smp keeps the unused deeper stages; we build only the used ones.
-    unused = tuple(f"encoder.layer{i}." for i in range(kwargs.get("encoder_depth", 5), 5))
-    reference_state = {k: v for k, v in reference_state.items() if not k.startswith(unused) or not unused}
-    ours_state = ours.state_dict()
-    assert {k: v.shape for k, v in ours_state.items()} == {k: v.shape for k, v in reference_state.items()}
-    # A trained smp model: perturb its weights and batch-norm statistics, then load strictly.
-    with torch.no_grad():
-        for key, value in reference_state.items():
-            if key.endswith("running_mean"):
-                value.add_(torch.empty_like(value).uniform_(-0.1, 0.1))
-            elif value.is_floating_point():
-                value.mul_(torch.empty_like(value).uniform_(0.9, 1.1))
-    ours.load_state_dict(reference_state, strict=True)
-    reference.eval()
-    ours.eval()
-    x = torch.randn(2, kwargs.get("in_channels", 3), 64, 96)
-    with torch.no_grad():
-        expected, got = reference(x), ours(x)
-    expected, got = (expected, got) if isinstance(expected, tuple) else ((expected,), (got,))
-    assert len(expected) == len(got)
-    for a, b in zip(expected, got, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    checks.assert_case_matches_smp(smp.Unet, smp3d.Unet, PARITY_CASES[case], batch=2)
 
 
 def test_2d_unet_equals_smp_on_sizes_not_divisible_by_32():
-    reference = smp.Unet("resnet18", encoder_weights=None).eval()
-    ours = smp3d.Unet("resnet18", spatial_dims=2).eval()
+    reference = smp.Unet("resnet18", encoder_weights=None)
+    ours = smp3d.Unet("resnet18", spatial_dims=2)
     ours.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(1, 3, 70, 45)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+    checks.assert_eval_outputs_match(reference, ours, torch.randn(1, 3, 70, 45), rtol=1e-5, atol=1e-5)
 
 
 def test_defaults_match_smp_except_weights():
-    import inspect
-
-    ours = inspect.signature(smp3d.Unet.__init__).parameters
-    theirs = inspect.signature(smp.Unet.__init__).parameters
-    for name, parameter in theirs.items():
-        if name in ("self", "kwargs"):
-            continue
-        expected = None if name == "encoder_weights" else parameter.default
-        assert ours[name].default == expected, name
-    assert ours["spatial_dims"].default == 3 and ours["strides"].default is None
+    checks.assert_defaults_match_smp(smp3d.Unet, smp.Unet)
 
 
 def test_readme_example_shape():
@@ -113,17 +78,10 @@ def test_issue_example_large_per_axis_strides():
 )
 def test_3d_forward_backward(kwargs):
     model = smp3d.Unet("resnet18", in_channels=2, classes=3, **kwargs)
-    x = torch.randn(2, 2, 32, 32, 32)
-    out = model(x)
-    masks = out[0] if isinstance(out, tuple) else out
-    assert masks.shape == (2, 3, 32, 32, 32)
-    loss = masks.square().mean() + (out[1].square().mean() if isinstance(out, tuple) else 0)
-    loss.backward()
     # As in smp, the last block has no skip connection, so its attention1 is never applied.
-    grads = {n: p.grad for n, p in model.named_parameters() if ".4.attention1." not in n}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [
-        n for n, g in grads.items() if g is None
-    ]
+    checks.check_forward_backward(
+        model, torch.randn(2, 2, 32, 32, 32), classes=3, unused=lambda n: ".4.attention1." in n
+    )
 
 
 def test_transposed_upsamples_by_the_ratio_of_reductions():
@@ -135,37 +93,23 @@ def test_transposed_upsamples_by_the_ratio_of_reductions():
 
 def test_2d_model_forward_backward():
     model = smp3d.Unet("resnet18", in_channels=1, classes=2, spatial_dims=2)
-    out = model(torch.randn(2, 1, 64, 64))
-    assert out.shape == (2, 2, 64, 64)
-    out.mean().backward()
+    checks.check_forward_backward(model, torch.randn(2, 1, 64, 64), classes=2)
 
 
 def test_channels_last_3d_and_bf16_autocast():
-    model = smp3d.Unet("resnet18", in_channels=1, classes=2).to(memory_format=torch.channels_last_3d)
-    x = torch.randn(2, 1, 32, 32, 32).to(memory_format=torch.channels_last_3d)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x)
-    assert out.dtype == torch.bfloat16 and out.shape == (2, 2, 32, 32, 32)
-    assert out.is_contiguous(memory_format=torch.channels_last_3d)
-    out.float().mean().backward()
-    model.eval()
-    with torch.no_grad():
-        reference = model(x.contiguous())
-        torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-4)
+    model = smp3d.Unet("resnet18", in_channels=1, classes=2)
+    checks.check_channels_last_bf16(model, torch.randn(2, 1, 32, 32, 32), classes=2)
 
 
 def test_compiles_without_graph_breaks():
-    model = smp3d.Unet("resnet18", in_channels=1, classes=2, encoder_depth=3, decoder_channels=(32, 16, 8)).eval()
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
-    x = torch.randn(1, 1, 32, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x))
+    model = smp3d.Unet("resnet18", in_channels=1, classes=2, encoder_depth=3, decoder_channels=(32, 16, 8))
+    checks.check_compiles(model, torch.randn(1, 1, 32, 32, 32))
 
 
 def test_create_model_by_name():
     model = smp3d.create_model("UNet", encoder_name="resnet18", in_channels=1, classes=2, spatial_dims=2)
     assert isinstance(model, smp3d.Unet)
-    with pytest.raises(KeyError, match="Unknown architecture 'unte'.*did you mean \\['unet'\\]"):
+    with pytest.raises(KeyError, match="Unknown architecture 'unte'.*did you mean \\['unet'"):
         smp3d.create_model("unte")
 
 
