@@ -8,6 +8,7 @@ torch.Size([1, 3, 64, 64, 64])
 
 from . import layers
 from .base import SegmentationModel
+from .base.hub import from_pretrained
 from .decoders import (
     FPN,
     PAN,
@@ -54,6 +55,7 @@ __all__ = [
     "WeightSource",
     "__version__",
     "create_model",
+    "from_pretrained",
     "get_encoder",
     "get_encoder_spec",
     "layers",

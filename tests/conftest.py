@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+
+# No test may touch the network: huggingface_hub reads this when it is first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import sys
 import textwrap
 from collections.abc import Callable, Iterator

@@ -101,7 +101,11 @@ def test_base_class_checks_divisibility_by_default():
         (dict(aux_params=dict(classes=2, pooling="sum")), ValueError, "must be 'avg' or 'max', got 'sum'"),
         (dict(aux_params=dict(classes=2, dropout=1.5)), ValueError, r"must be in \[0, 1\), got 1.5"),
         (dict(activation="softmax3d"), ValueError, "Unknown activation 'softmax3d'"),
-        (dict(encoder_weights="imagenet"), NotImplementedError, "downloading pretrained 3D weights by tag"),
+        (
+            dict(encoder_weights="imagenet"),
+            smp3d.encoders.PretrainedWeightsUnavailableError,
+            "smp3d-convert-weights resnet18 --tag imagenet --output resnet18.imagenet",
+        ),
         (dict(encoder_weights="no-such-tag"), ValueError, r"neither an existing file .* \(tags: imagenet, ssl, swsl\)"),
     ],
 )

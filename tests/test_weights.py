@@ -54,8 +54,9 @@ def test_mismatched_weights_name_keys_and_load_nothing(saved_resnet18):
         smp3d.get_encoder("resnet34", depth=3, weights=str(path))
     message = str(info.value)
     assert "nothing was loaded" in message and "Missing keys" in message and "layer1.2.conv1.weight" in message
-    with pytest.raises(ValueError, match=r"Unexpected keys \(30\): layer2"):
-        smp3d.get_encoder("resnet18", depth=2, weights=str(path))
+    # A deeper file into a shallower encoder: only the stages it has are taken.
+    shallow = smp3d.get_encoder("resnet18", depth=2, weights=str(path))
+    assert "layer2.0.conv1.weight" not in shallow.state_dict()
 
 
 def test_2d_weights_into_3d_model_say_so(tmp_path):
@@ -81,3 +82,19 @@ def test_corrupt_and_wrong_format_files(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         smp3d.get_encoder("resnet18", depth=1, weights=str(empty))
+
+
+def test_full_depth_weights_load_into_a_shallower_encoder(tmp_path):
+    """Pretrained files hold the full encoder; a shallower build takes its stages and nothing else."""
+    full = smp3d.get_encoder("resnet18", spatial_dims=3)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(path))
+    shallow = smp3d.get_encoder("resnet18", spatial_dims=3, depth=3, weights=str(path))
+    for key, value in shallow.state_dict().items():
+        assert torch.equal(value, full.state_dict()[key]), key
+    model = smp3d.Unet("resnet18", encoder_depth=3, decoder_channels=(64, 32, 16), encoder_weights=str(path))
+    assert model(torch.randn(1, 3, 32, 32, 32)).shape == (1, 1, 32, 32, 32)
+    # Keys that no depth of this encoder has are still refused.
+    save_file({**{k: v.contiguous() for k, v in full.state_dict().items()}, "extra.weight": torch.ones(1)}, str(path))
+    with pytest.raises(ValueError, match="Unexpected keys.*extra.weight"):
+        smp3d.get_encoder("resnet18", spatial_dims=3, depth=3, weights=str(path))

@@ -8,6 +8,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from . import initialization as init
 from .checks import check_input
+from .hub import SegmentationHubMixin
 
 __all__ = ["SegmentationModel"]
 
@@ -17,12 +18,16 @@ def _skip_checks() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(nn.Module, SegmentationHubMixin):
     """Base of every architecture: subclasses set ``encoder``, ``decoder``,
     ``segmentation_head`` and ``classification_head`` (or ``None``), then call :meth:`initialize`.
 
     ``forward(x)`` takes ``(B, C, *spatial)`` and returns masks ``(B, classes, *spatial)``, or
     ``(masks, labels)`` with an auxiliary classification head.
+
+    Every subclass records its constructor arguments, so any model can be saved and reloaded:
+    ``save_pretrained(dir)``, ``from_pretrained(dir_or_repo_id)``, ``push_to_hub(repo_id)``
+    (safetensors + ``config.json`` + model card; see :mod:`smp3d.base.hub`).
     """
 
     encoder: nn.Module

@@ -2,6 +2,8 @@
 
 from .adapt import adapt_input_channels, adapt_input_weight
 from .dilation import dilate_encoder, dilate_module, dilation_schedule
+from .hub import PretrainedWeightsUnavailableError, hub_repo_id
+from .inflate import INFLATION_MODES, inflate_kernel, inflate_state_dict
 from .protocol import (
     Encoder,
     EncoderProtocol,
@@ -30,7 +32,10 @@ from .spec import EncoderSpec, WeightSource
 from .weights import load_state_dict_strict
 
 __all__ = [
+    "PretrainedWeightsUnavailableError",
+    "hub_repo_id",
     "ENCODER_GROUP",
+    "INFLATION_MODES",
     "RESOLVER_GROUP",
     "Encoder",
     "EncoderNameConflictError",
@@ -49,6 +54,8 @@ __all__ = [
     "dilation_schedule",
     "get_encoder",
     "get_encoder_spec",
+    "inflate_kernel",
+    "inflate_state_dict",
     "list_encoder_resolvers",
     "list_encoders",
     "load_state_dict_strict",

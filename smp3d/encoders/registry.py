@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..layers.factories import check_spatial_dims
@@ -303,11 +304,22 @@ class EncoderRegistry:
             pass
         encoder = spec.build(**arguments, **kwargs)
         if weights is not None:
-            load_encoder_weights(encoder, weights, name=name, spec=spec)
+            load_encoder_weights(
+                encoder, weights, name=name, spec=spec, deeper_keys=self._deeper_keys(spec, encoder, arguments, kwargs)
+            )
             if in_channels != build_channels:
                 adapt_input_channels(encoder, in_channels, pretrained=True)
         validate_encoder(encoder, depth, in_channels, spatial_dims, name)
         return encoder
+
+    @staticmethod
+    def _deeper_keys(spec: EncoderSpec, encoder: nn.Module, arguments: dict, kwargs: dict) -> set[str]:
+        """Keys of the stages a shallow build leaves out: pretrained weights are for the full depth."""
+        if arguments["depth"] >= spec.max_depth:
+            return set()
+        with torch.device("meta"):
+            full = spec.build(**{**arguments, "depth": spec.max_depth, "strides": None}, **kwargs)
+        return set(full.state_dict()) - set(encoder.state_dict())
 
 
 _REGISTRY = EncoderRegistry()
