@@ -18,6 +18,7 @@ pools: stride 1, an odd kernel (``k`` or ``k + 1``) and padding ``kernel // 2``,
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
+
+from ..layers.factories import as_tuple
 
 __all__ = ["DilationSchedule", "dilate_encoder", "dilate_module", "dilation_schedule", "resolve_output_stride"]
 
@@ -69,9 +72,7 @@ def dilation_schedule(
     target = resolve_output_stride(output_stride, spatial_dims)
     new = [list(s) for s in strides]
     for axis in range(spatial_dims):
-        total = 1
-        for s in strides:
-            total *= s[axis]
+        total = math.prod(s[axis] for s in strides)
         for stage in reversed(range(len(strides))):
             if total <= target[axis]:
                 break
@@ -83,7 +84,7 @@ def dilation_schedule(
             total //= stride
             new[stage][axis] = 1
         if total > target[axis]:
-            reductions = [_product(s[axis] for s in strides[: i + 1]) for i in range(len(strides))]
+            reductions = [math.prod(s[axis] for s in strides[: i + 1]) for i in range(len(strides))]
             raise ValueError(
                 f"{name} cannot reach an output stride of {target[axis]} along axis {axis}: its reductions "
                 f"along that axis are {reductions}, and only whole stages can trade their stride for "
@@ -95,17 +96,6 @@ def dilation_schedule(
         removed = [r * (o // k) for r, o, k in zip(removed, old, kept, strict=True)]
         rates.append(tuple(removed))
     return tuple(tuple(s) for s in new), tuple(rates)
-
-
-def _product(values: Any) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
-
-
-def _tuple(value: Any, n: int) -> list[int]:
-    return list(value) if isinstance(value, (tuple, list)) else [value] * n
 
 
 class _ValidAverage:
@@ -120,7 +110,7 @@ class _ValidAverage:
         n = x.ndim - 2
         pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
         pads: list[int] = []
-        for p in reversed(_tuple(self.padding, n)):
+        for p in reversed(as_tuple(self.padding, n)):
             pads += [p, p]
         ones = x.new_ones((1, 1, *x.shape[2:]))
         total = pool(F.pad(x, pads), self.kernel_size, self.stride, 0, self.ceil_mode, True)
@@ -162,8 +152,8 @@ def dilate_module(module: nn.Module, rates: Sequence[int]) -> None:
             m.padding = padding if isinstance(padding, str) else tuple(padding)
         elif isinstance(m, (_MaxPoolNd, _AvgPoolNd)):
             n = len(rates)
-            kernel, stride = _tuple(m.kernel_size, n), _tuple(m.stride or m.kernel_size, n)
-            padding = _tuple(m.padding, n)
+            kernel, stride = list(as_tuple(m.kernel_size, n)), list(as_tuple(m.stride or m.kernel_size, n))
+            padding = list(as_tuple(m.padding, n))
             changed = False
             for a in axes:
                 if stride[a] > 1:
