@@ -1,0 +1,207 @@
+"""Modes, input checks and target preparation shared by every loss; N-D: tensors are (B, C, *spatial)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+
+__all__ = [
+    "BINARY_MODE",
+    "MULTICLASS_MODE",
+    "MULTILABEL_MODE",
+    "check_class_selection",
+    "check_mode",
+    "check_prediction",
+    "check_reduction",
+    "class_map",
+    "dense_targets",
+    "full_precision",
+    "to_float",
+    "weighted_class_mean",
+]
+
+#: One foreground class: prediction (B, 1, *spatial), target (B, 1, *spatial) or (B, *spatial) in [0, 1].
+BINARY_MODE: str = "binary"
+#: Mutually exclusive classes: prediction (B, C, *spatial), target (B, *spatial) integer class indices.
+MULTICLASS_MODE: str = "multiclass"
+#: Independent classes, one channel each: prediction and target (B, C, *spatial), target in [0, 1].
+MULTILABEL_MODE: str = "multilabel"
+
+_MODES = (BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE)
+
+
+def check_mode(mode: object, owner: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"{owner}: unknown mode {mode!r}; expected one of {', '.join(map(repr, _MODES))}.")
+    return mode  # type: ignore[return-value]
+
+
+def check_reduction(reduction: object, owner: str, allowed: Sequence[str] = ("mean", "sum", "none")) -> str:
+    if reduction not in allowed:
+        raise ValueError(f"{owner}: unknown reduction {reduction!r}; expected one of {', '.join(map(repr, allowed))}.")
+    return reduction  # type: ignore[return-value]
+
+
+def check_class_selection(
+    classes: Sequence[int] | None, class_weights: Sequence[float] | None, mode: str, owner: str
+) -> tuple[tuple[int, ...] | None, torch.Tensor | None]:
+    """Validate the ``classes`` subset and per-class ``class_weights`` (neither exists in binary mode)."""
+    if classes is not None:
+        if mode == BINARY_MODE:
+            raise ValueError(f"{owner}: `classes` selects channels and is not supported with mode='binary'.")
+        classes = tuple(int(c) for c in classes)
+        if not classes:
+            raise ValueError(f"{owner}: `classes` must name at least one class index, got an empty sequence.")
+    weights = None
+    if class_weights is not None:
+        if mode == BINARY_MODE:
+            raise ValueError(f"{owner}: `class_weights` are not supported with mode='binary' (one class only).")
+        weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+        if weights.numel() == 0 or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+            raise ValueError(
+                f"{owner}: `class_weights` must be non-negative with a positive sum, got {weights.tolist()}."
+            )
+    return classes, weights
+
+
+def weighted_class_mean(
+    per_class: torch.Tensor,
+    classes: tuple[int, ...] | None,
+    class_weights: torch.Tensor | None,
+    owner: str,
+) -> torch.Tensor:
+    """Mean of a per-class loss (C,) over the selected ``classes``, weighted by ``class_weights`` (length C)."""
+    num_classes = per_class.shape[0]
+    if classes is not None:
+        bad = [c for c in classes if not -num_classes <= c < num_classes]
+        if bad:
+            raise ValueError(f"{owner}: `classes` {bad} are out of range for a prediction with {num_classes} channels.")
+        index = torch.tensor(classes, device=per_class.device)
+        per_class = per_class[index]
+    if class_weights is None:
+        return per_class.mean()
+    if class_weights.numel() != num_classes:
+        raise ValueError(
+            f"{owner}: `class_weights` has {class_weights.numel()} entries but the prediction has "
+            f"{num_classes} channels; give one weight per channel."
+        )
+    weights = class_weights.to(device=per_class.device, dtype=per_class.dtype)
+    if classes is not None:
+        weights = weights[index]
+    return (per_class * weights).sum() / weights.sum()
+
+
+@contextlib.contextmanager
+def full_precision(x: torch.Tensor) -> Iterator[None]:
+    """Switch autocast off for the loss: its reductions run in float32 even inside a bf16/fp16 region."""
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            yield
+    else:
+        yield
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Promote to at least float32 (bf16/fp16 and integers become float32; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def check_prediction(y_pred: object, owner: str, binary: bool = False) -> torch.Tensor:
+    if not isinstance(y_pred, torch.Tensor):
+        raise TypeError(f"{owner}: the prediction must be a torch.Tensor, got {type(y_pred).__name__}.")
+    if y_pred.ndim < 3:
+        raise ValueError(
+            f"{owner}: the prediction must be (B, C, *spatial) with at least one spatial axis, "
+            f"got a {y_pred.ndim}D tensor of shape {tuple(y_pred.shape)}."
+        )
+    if not y_pred.is_floating_point():
+        raise TypeError(f"{owner}: the prediction must be a floating-point tensor, got dtype {y_pred.dtype}.")
+    if binary and y_pred.shape[1] != 1:
+        raise ValueError(
+            f"{owner}: mode='binary' expects a one-channel prediction (B, 1, *spatial), got shape "
+            f"{tuple(y_pred.shape)}. Use mode='multilabel' for several independent channels or "
+            f"mode='multiclass' for exclusive classes."
+        )
+    return y_pred
+
+
+def _check_tensor(y_true: object, owner: str) -> torch.Tensor:
+    if not isinstance(y_true, torch.Tensor):
+        raise TypeError(f"{owner}: the target must be a torch.Tensor, got {type(y_true).__name__}.")
+    return y_true
+
+
+def class_map(
+    y_pred: torch.Tensor, y_true: object, ignore_index: int | None, owner: str, channel_dim: int = 1
+) -> torch.Tensor:
+    """Check a multiclass target and return it as a long tensor (B, *spatial).
+
+    Rule: the target is (B, *spatial) integer class indices; (B, 1, *spatial) is also accepted and its
+    channel axis is dropped. Values must lie in [0, C) or equal ``ignore_index``.
+    """
+    y_true = _check_tensor(y_true, owner)
+    expected = tuple(y_pred.shape[:channel_dim]) + tuple(y_pred.shape[channel_dim + 1 :])
+    if y_true.ndim == y_pred.ndim and y_true.shape[channel_dim] == 1:
+        y_true = y_true.squeeze(channel_dim)
+    if y_true.is_floating_point() or y_true.is_complex() or y_true.dtype == torch.bool:
+        raise TypeError(
+            f"{owner}: multiclass target must be (B, *spatial) integer class indices, got {y_true.dtype} tensor "
+            f"of shape {tuple(y_true.shape)}. Convert it with target.long() (or argmax a one-hot target over "
+            f"the channel axis)."
+        )
+    if tuple(y_true.shape) != expected:
+        raise ValueError(
+            f"{owner}: multiclass target must be (B, *spatial) = {expected} integer class indices for a "
+            f"prediction of shape {tuple(y_pred.shape)}, got shape {tuple(y_true.shape)}."
+        )
+    num_classes = y_pred.shape[channel_dim]
+    out_of_range = (y_true < 0) | (y_true >= num_classes)
+    if ignore_index is not None:
+        out_of_range &= y_true != ignore_index
+    # One host sync per call; skipped while tracing so torch.compile keeps a single graph.
+    if not torch.compiler.is_compiling() and bool(out_of_range.any()):
+        bad = torch.unique(y_true[out_of_range])[:5].tolist()
+        ignored = f" or equal ignore_index={ignore_index}" if ignore_index is not None else ""
+        raise ValueError(
+            f"{owner}: multiclass target values must lie in [0, {num_classes}){ignored}; found {bad}. "
+            f"Set ignore_index for void labels."
+        )
+    return y_true.long()
+
+
+def dense_targets(
+    y_pred: torch.Tensor, y_true: object, mode: str, ignore_index: int | None, owner: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Targets as a float tensor shaped like ``y_pred`` (one-hot in multiclass mode), plus the validity mask.
+
+    The mask is boolean, (B, 1, *spatial) in binary/multiclass mode and (B, C, *spatial) in multilabel mode,
+    ``None`` without ``ignore_index``. Ignored positions are zero in the returned target.
+    """
+    dtype = y_pred.dtype
+    if mode == MULTICLASS_MODE:
+        labels = class_map(y_pred, y_true, ignore_index, owner).unsqueeze(1)
+        shape = (1, -1) + (1,) * (y_pred.ndim - 2)
+        classes = torch.arange(y_pred.shape[1], device=labels.device).view(shape)
+        target = (labels == classes).to(dtype)
+        valid = None if ignore_index is None else labels != ignore_index
+    else:
+        y_true = _check_tensor(y_true, owner)
+        if y_true.is_complex():
+            raise TypeError(f"{owner}: the target must be real-valued, got dtype {y_true.dtype}.")
+        if mode == BINARY_MODE and y_true.ndim == y_pred.ndim - 1:
+            y_true = y_true.unsqueeze(1)
+        if tuple(y_true.shape) != tuple(y_pred.shape):
+            layout = "(B, 1, *spatial) or (B, *spatial)" if mode == BINARY_MODE else "(B, C, *spatial)"
+            raise ValueError(
+                f"{owner}: {mode} target must be {layout} matching the prediction {tuple(y_pred.shape)}, "
+                f"got shape {tuple(y_true.shape)}."
+            )
+        valid = None if ignore_index is None else y_true != ignore_index
+        target = y_true.to(device=y_pred.device, dtype=dtype)
+    if valid is not None:
+        valid = valid.to(y_pred.device)
+        target = target * valid
+    return target, valid
