@@ -6,7 +6,7 @@
 torch.Size([1, 3, 64, 64, 64])
 """
 
-from . import layers
+from . import inference, layers, losses, metrics
 from .base import SegmentationModel
 from .base.hub import from_pretrained
 from .decoders import (
@@ -34,6 +34,8 @@ from .encoders import (
     unregister_encoder,
     unregister_encoder_resolver,
 )
+from .inference import sliding_window_inference
+from .metrics import SegmentationMetrics
 from .models import create_model
 
 __version__ = "0.1.0"
@@ -50,6 +52,7 @@ __all__ = [
     "Segformer",
     "UPerNet",
     "UnetPlusPlus",
+    "SegmentationMetrics",
     "SegmentationModel",
     "Unet",
     "WeightSource",
@@ -58,11 +61,15 @@ __all__ = [
     "from_pretrained",
     "get_encoder",
     "get_encoder_spec",
+    "inference",
     "layers",
     "list_encoder_resolvers",
     "list_encoders",
+    "losses",
+    "metrics",
     "register_encoder",
     "register_encoder_resolver",
+    "sliding_window_inference",
     "unregister_encoder",
     "unregister_encoder_resolver",
 ]

@@ -1,0 +1,293 @@
+"""The ``smp3d`` command line: ``smp3d demo``, ``smp3d train``, ``smp3d predict``.
+
+``python -m smp3d ...`` is the same program, so ``torchrun --nproc_per_node N -m smp3d train ...``
+trains with DistributedDataParallel. A user error (a missing file or dataset, mismatched shapes,
+an unknown loss, ...) prints one line and exits with status 2; set ``SMP3D_DEBUG=1`` to see the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .data import NORMALIZATIONS, CLIError
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage on errors; we print one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smp3d", description="2D and 3D segmentation: demo, train, predict.")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,train,predict}", parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="train on built-in synthetic volumes and segment a held-out one")
+    demo.add_argument("--epochs", type=_positive_int, default=10)
+    demo.add_argument("--iters", type=_positive_int, default=40, help="iterations per epoch")
+    demo.add_argument("--size", type=_positive_int, default=64, help="edge of the training volumes")
+    demo.add_argument("--train-volumes", type=_positive_int, default=6)
+    demo.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    demo.add_argument("--amp", action="store_true", help="bf16 autocast")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=None, help="also save checkpoints and the held-out prediction here")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    train = sub.add_parser("train", help="train a model on HDF5, NIfTI or NumPy volumes")
+    data = train.add_argument_group("data")
+    data.add_argument(
+        "--train-path",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="HDF5 files (/raw, /label), IMAGE,LABEL pairs (.nii, .nii.gz, .npy) or directories",
+    )
+    data.add_argument("--val-path", nargs="+", default=[], metavar="PATH", help="validation volumes, same forms")
+    data.add_argument("--raw-dataset", default="raw", help="HDF5 dataset with the image (default /raw)")
+    data.add_argument("--label-dataset", default="label", help="HDF5 dataset with the label (default /label)")
+    data.add_argument("--spatial-dims", type=int, choices=(2, 3), default=3)
+    data.add_argument("--normalize", choices=NORMALIZATIONS, default="zscore", help="per-volume intensity scaling")
+    data.add_argument("--patch", type=_positive_int, nargs="+", required=True, help="patch size (one or per axis)")
+    data.add_argument(
+        "--stride",
+        type=_positive_int,
+        nargs="+",
+        default=None,
+        help="grid stride of training patches (default: the patch); ignored with --iters",
+    )
+    data.add_argument(
+        "--foreground", type=float, default=0.33, help="with --iters: fraction of patches centred on a labelled voxel"
+    )
+    data.add_argument("--no-flip", action="store_true", help="no random flips")
+    model = train.add_argument_group("model")
+    model.add_argument("--arch", default="unet", help="unet, unetplusplus, fpn, deeplabv3plus, ...")
+    model.add_argument("--encoder", default="resnet18")
+    model.add_argument("--encoder-weights", default=None, help="a tag, a .safetensors file or folder")
+    model.add_argument("--in-channels", type=_positive_int, default=1)
+    model.add_argument(
+        "--classes",
+        type=_positive_int,
+        required=True,
+        help="classes incl. background for class-index labels; channels for (C, *spatial) targets",
+    )
+    model.add_argument("--multilabel", action="store_true", help="targets are (C, *spatial) independent masks")
+    model.add_argument(
+        "--model-kwargs",
+        type=_json_object,
+        default={},
+        help="extra model arguments as JSON, e.g. '{\"encoder_depth\": 4}'",
+    )
+    opt = train.add_argument_group("optimisation")
+    opt.add_argument(
+        "--loss", default="ce+dice", help="ce, wce, bce, dice, gdl, focal, tversky, lovasz, or a sum: ce+dice"
+    )
+    opt.add_argument("--ignore-index", type=int, default=None)
+    opt.add_argument("--batch-size", type=_positive_int, default=2)
+    opt.add_argument("--epochs", type=_positive_int, default=50)
+    opt.add_argument(
+        "--iters",
+        type=_positive_int,
+        default=None,
+        help="iterations per epoch on random patches (default: one pass over the patch grid)",
+    )
+    opt.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adamw")
+    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument("--weight-decay", type=float, default=1e-4)
+    opt.add_argument("--min-lr", type=float, default=1e-6)
+    opt.add_argument("--scheduler", choices=("cosine", "plateau", "constant"), default="cosine")
+    opt.add_argument("--patience", type=_positive_int, default=None, help="early stopping: validations without gain")
+    opt.add_argument("--validate-every", type=_positive_int, default=1, help="epochs between validations")
+    opt.add_argument("--val-overlap", type=_overlap, default=0.5)
+    run = train.add_argument_group("run")
+    run.add_argument("--checkpoint-dir", type=Path, default=None, help="best/, last/, metrics.csv go here")
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
+        help="resume from DIR (default: CHECKPOINT_DIR/last)",
+    )
+    run.add_argument("--device", default="auto")
+    run.add_argument("--amp", action="store_true", help="bf16 autocast")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--no-progress", action="store_true")
+
+    predict = sub.add_parser("predict", help="segment images with a saved model")
+    predict.add_argument("--checkpoint", required=True, help="a folder written by smp3d train or save_pretrained")
+    predict.add_argument("--input", nargs="+", required=True, metavar="FILE", help="HDF5 (/raw), NIfTI or .npy images")
+    predict.add_argument(
+        "--output",
+        required=True,
+        help="output file (.h5: dataset 'predictions'; .nii/.nii.gz: the input's affine; .npy), "
+        "or a directory for several inputs",
+    )
+    predict.add_argument("--patch", type=_positive_int, nargs="+", default=None, help="default: the training patch")
+    predict.add_argument("--overlap", type=_overlap, default=0.5)
+    predict.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
+    predict.add_argument("--batch-size", type=_positive_int, default=4, help="patches per forward pass")
+    predict.add_argument("--probabilities", action="store_true", help="write probabilities instead of labels")
+    predict.add_argument("--threshold", type=float, default=0.5, help="binary / multi-label threshold")
+    predict.add_argument("--dataset", default="raw", help="HDF5 dataset with the image")
+    predict.add_argument("--normalize", choices=NORMALIZATIONS, default=None, help="default: as in training")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--output-device", default=None, help="accumulate the output here (e.g. cpu for huge volumes)")
+    predict.add_argument("--amp", action="store_true", help="bf16 autocast")
+    predict.add_argument("--no-progress", action="store_true")
+    predict.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .data import expand_specs, normalize, read_volume
+    from .train import TrainConfig, fit
+
+    patch = tuple(args.patch) * args.spatial_dims if len(args.patch) == 1 else tuple(args.patch)
+    if len(patch) != args.spatial_dims:
+        raise CLIError(f"--patch takes 1 or {args.spatial_dims} sizes, got {len(patch)}")
+    stride = None
+    if args.stride:
+        stride = tuple(args.stride) * args.spatial_dims if len(args.stride) == 1 else tuple(args.stride)
+        if len(stride) != args.spatial_dims:
+            raise CLIError(f"--stride takes 1 or {args.spatial_dims} sizes, got {len(stride)}")
+    if not 0 <= args.foreground <= 1:
+        raise CLIError(f"--foreground must be in [0, 1], got {args.foreground}")
+    mode = "multilabel" if args.multilabel else ("binary" if args.classes == 1 else "multiclass")
+
+    def load(specs: list[str]) -> list:
+        volumes = []
+        for spec in expand_specs(specs):
+            volume = read_volume(
+                spec, args.spatial_dims, need_label=True, raw_key=args.raw_dataset, label_key=args.label_dataset
+            )
+            volume.image = normalize(volume.image, args.normalize)
+            volumes.append(volume)
+        return volumes
+
+    train_volumes, val_volumes = load(args.train_path), load(args.val_path)
+    config = TrainConfig(
+        arch=args.arch,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights,
+        model_kwargs=args.model_kwargs,
+        in_channels=args.in_channels,
+        classes=args.classes,
+        spatial_dims=args.spatial_dims,
+        mode=mode,
+        loss=args.loss,
+        ignore_index=args.ignore_index,
+        patch=patch,
+        stride=stride,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        iters=args.iters,
+        foreground=args.foreground,
+        flip=not args.no_flip,
+        normalize=args.normalize,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        min_lr=args.min_lr,
+        scheduler=args.scheduler,
+        patience=args.patience,
+        validate_every=args.validate_every,
+        val_overlap=args.val_overlap,
+        checkpoint_dir=str(args.checkpoint_dir) if args.checkpoint_dir else None,
+        device=args.device,
+        amp=args.amp,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    resume = None
+    if args.resume is not None:
+        if args.resume is True:
+            if args.checkpoint_dir is None:
+                raise CLIError("--resume without a folder needs --checkpoint-dir (resumes CHECKPOINT_DIR/last)")
+            resume = args.checkpoint_dir / "last"
+        else:
+            resume = Path(args.resume)
+    result = fit(config, train_volumes, val_volumes, resume=resume, log=lambda line: print(line, flush=True))
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = f"done: {result.epochs} epochs, {result.iterations} iterations in {result.seconds:.1f}s"
+        if val_volumes:
+            summary += f"; best val_dice {result.best_dice:.4f}"
+        if config.checkpoint_dir:
+            summary += f"; checkpoints in {config.checkpoint_dir}"
+        print(summary, flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    prog = f"smp3d {command}" if command in ("demo", "train", "predict") else "smp3d"
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args)
+        if args.command == "train":
+            return _run_train(args)
+        from .predict import run_predict
+
+        return run_predict(args)
+    except CLIError as err:
+        if os.environ.get("SMP3D_DEBUG"):
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        # Our library's own refusals (unknown encoder, bad strides, ...) are user errors here too.
+        if os.environ.get("SMP3D_DEBUG"):
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        first = message.strip().splitlines()[0] if message.strip() else type(err).__name__
+        print(f"{prog}: error: {first}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,163 @@
+"""``smp3d predict``: segment images with a saved model and the sliding window."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import (
+    ALL_SUFFIXES,
+    CLIError,
+    Volume,
+    normalize,
+    read_volume,
+    stem_of,
+    suffix_of,
+    write_prediction,
+)
+from .train import Dist, activate, check_patch_fits_model, read_trainer_file, resolve_device
+
+
+def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model saved in ``directory`` and its training configuration (empty when the folder
+    was written by ``save_pretrained`` rather than ``smp3d train``)."""
+    from ..base.hub import from_pretrained
+
+    if not directory.is_dir():
+        raise CLIError(f"--checkpoint {directory}: not a directory (expected a folder written by smp3d train)")
+    if not (directory / "config.json").exists() or not (directory / "model.safetensors").exists():
+        raise CLIError(f"--checkpoint {directory}: expected config.json and model.safetensors in it")
+    trainer = read_trainer_file(directory) or {}
+    try:
+        model = from_pretrained(directory)
+    except (ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CLIError(f"--checkpoint {directory}: cannot load the model ({first})") from None
+    return model, trainer.get("config", {})
+
+
+def output_paths(inputs: list[str], output: str) -> list[Path]:
+    """One output path per input: ``output`` itself for one input, else files in the folder ``output``."""
+    out = Path(output)
+    if len(inputs) == 1 and not (output.endswith(("/", "\\")) or out.is_dir()):
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--output {output}: several inputs need an output directory, not a file")
+    paths = []
+    for spec in inputs:
+        suffix = suffix_of(spec)
+        suffix = suffix if suffix in ALL_SUFFIXES else ".npy"
+        paths.append(out / f"{stem_of(spec)}_prediction{suffix}")
+    return paths
+
+
+class Activated(nn.Module):
+    """``model`` followed by softmax (multi-class) or sigmoid: probabilities are what is blended."""
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.model, self.mode = model, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return activate(self.model(x), self.mode)
+
+
+def predict_volume(
+    model: nn.Module,
+    volume: Volume,
+    *,
+    patch: tuple[int, ...],
+    overlap: float,
+    batch_size: int,
+    blend: str,
+    mode: str,
+    device: torch.device,
+    amp: bool,
+    output_device: torch.device | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Probabilities (C, *spatial) of one volume."""
+    from ..inference import sliding_window_inference
+
+    image = torch.from_numpy(volume.image)[None]
+    channels_last = device.type == "cuda" and image.dim() in (4, 5)
+    probabilities = sliding_window_inference(
+        Activated(model, mode),
+        image.to(output_device or device),
+        patch,
+        overlap=overlap,
+        blend=blend,
+        batch_size=batch_size,
+        autocast=torch.bfloat16 if amp else None,
+        channels_last=channels_last,
+        output_device=output_device,
+        progress=progress,
+    )
+    return probabilities[0]
+
+
+def to_labels(probabilities: torch.Tensor, mode: str, threshold: float = 0.5) -> np.ndarray:
+    if mode == "multiclass":
+        labels = probabilities.argmax(0)
+    else:
+        labels = probabilities > threshold
+        if labels.shape[0] == 1:
+            labels = labels[0]
+    array = labels.cpu().numpy()
+    top = int(array.max()) if array.size else 0
+    return array.astype(np.uint8 if top < 256 else np.int32)
+
+
+def run_predict(args: Any) -> int:
+    directory = Path(args.checkpoint)
+    model, trainer = load_checkpoint(directory)
+    spatial_dims = model.spatial_dims
+    classes = int(getattr(model.segmentation_head[0], "out_channels", trainer.get("classes", 1)))
+    mode = trainer.get("mode") or ("binary" if classes == 1 else "multiclass")
+    patch = tuple(args.patch) if args.patch else tuple(trainer.get("patch") or ())
+    if not patch:
+        raise CLIError(f"--patch is required: {directory} has no {'trainer.json'} with the training patch size")
+    if len(patch) == 1:
+        patch = patch * spatial_dims
+    if len(patch) != spatial_dims:
+        raise CLIError(f"--patch has {len(patch)} sizes but the model is {spatial_dims}D")
+    check_patch_fits_model(model, patch)
+    how = trainer.get("normalize", "zscore") if args.normalize is None else args.normalize
+    device = resolve_device(args.device, Dist())
+    output_device = torch.device(args.output_device) if args.output_device else None
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+    outputs = output_paths(args.input, args.output)
+    for spec, out in zip(args.input, outputs, strict=True):
+        volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset)
+        if volume.image.shape[0] != model.in_channels:
+            raise CLIError(
+                f"{spec}: image has {volume.image.shape[0]} channels but the model expects {model.in_channels}"
+            )
+        volume.image = normalize(volume.image, how)
+        probabilities = predict_volume(
+            model,
+            volume,
+            patch=patch,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            blend=args.blend,
+            mode=mode,
+            device=device,
+            amp=args.amp,
+            output_device=output_device,
+            progress=not args.no_progress,
+        )
+        if args.probabilities:
+            array = probabilities.float().cpu().numpy()
+        else:
+            array = to_labels(probabilities, mode, args.threshold)
+        write_prediction(out, array, volume)
+        print(f"{spec} -> {out}  {tuple(array.shape)} {array.dtype}", file=sys.stderr if args.quiet else sys.stdout)
+    return 0

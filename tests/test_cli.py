@@ -1,0 +1,490 @@
+"""The ``smp3d`` command line end to end on tiny generated HDF5, NIfTI and NumPy files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from smp3d.cli import main
+from smp3d.cli.data import PatchDataset, Volume, window_starts
+from smp3d.cli.demo import synthetic_volume
+
+SMALL = ["--model-kwargs", '{"encoder_depth": 3, "decoder_channels": [16, 8, 4]}', "--no-progress"]
+
+
+def scene(shape, seed, classes=2):
+    rng = np.random.default_rng(seed)
+    label = np.zeros(shape, dtype=np.uint8)
+    for c in range(1, classes):
+        corner = [int(rng.integers(0, s - 6)) for s in shape]
+        label[tuple(slice(k, k + 6) for k in corner)] = c
+    image = label.astype(np.float32) * 2 + rng.normal(0, 0.3, shape).astype(np.float32)
+    return image, label
+
+
+@pytest.fixture
+def h5_pair(tmp_path):
+    paths = []
+    for i in range(2):
+        image, label = scene((24, 20, 16), i, classes=3)
+        path = tmp_path / f"vol{i}.h5"
+        with h5py.File(path, "w") as f:
+            f["raw"], f["label"] = image, label
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture
+def nifti_pair(tmp_path):
+    image, label = scene((20, 20, 16), 5)
+    affine = np.array([[-1.5, 0, 0, 90], [0, 1.5, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "seg.nii.gz")
+    return f"{tmp_path / 'img.nii.gz'},{tmp_path / 'seg.nii.gz'}", affine
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_hdf5_then_resume_then_predict(tmp_path, h5_pair, capsys):
+    ckpt = tmp_path / "ckpt"
+    base = [
+        "train",
+        "--train-path",
+        h5_pair[0],
+        "--val-path",
+        h5_pair[1],
+        "--classes",
+        "3",
+        "--patch",
+        "16",
+        "--batch-size",
+        "2",
+        "--iters",
+        "2",
+        "--checkpoint-dir",
+        str(ckpt),
+        *SMALL,
+    ]
+    code, out, err = run([*base, "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert "val_dice" in out and "done: 2 epochs, 4 iterations" in out
+    for sub in ("best", "last"):
+        assert (ckpt / sub / "model.safetensors").exists() and (ckpt / sub / "trainer.json").exists()
+    assert (ckpt / "last" / "training_state.pt").exists()
+    log = rows(ckpt / "metrics.csv")
+    assert [r["epoch"] for r in log] == ["1", "2"]
+    assert {"dice_0", "dice_1", "dice_2", "val_dice", "train_loss", "lr"} <= set(log[0])
+    trainer = json.loads((ckpt / "best" / "trainer.json").read_text())
+    assert trainer["config"]["patch"] == [16, 16, 16] and trainer["config"]["mode"] == "multiclass"
+
+    code, out, err = run([*base, "--epochs", "3", "--resume"], capsys)
+    assert code == 0, err
+    assert "resumed" in out and "at epoch 2, iteration 4" in out
+    assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1", "2", "3"]
+
+    pred = tmp_path / "pred.h5"
+    code, out, err = run(
+        ["predict", "--checkpoint", str(ckpt / "best"), "--input", h5_pair[1], "--output", str(pred), "--no-progress"],
+        capsys,
+    )
+    assert code == 0, err
+    with h5py.File(pred) as f:
+        labels = f["predictions"][()]
+    assert labels.shape == (24, 20, 16) and labels.dtype == np.uint8 and labels.max() <= 2
+
+    probs = tmp_path / "probs.npy"
+    code, _, err = run(
+        [
+            "predict",
+            "--checkpoint",
+            str(ckpt / "best"),
+            "--input",
+            h5_pair[1],
+            "--output",
+            str(probs),
+            "--probabilities",
+            "--overlap",
+            "0.25",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    p = np.load(probs)
+    assert p.shape == (3, 24, 20, 16)
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(p.argmax(0), labels)
+
+
+def test_nifti_roundtrip_keeps_affine(tmp_path, nifti_pair, capsys):
+    pair, affine = nifti_pair
+    ckpt = tmp_path / "ck"
+    code, _, err = run(
+        [
+            "train",
+            "--train-path",
+            pair,
+            "--classes",
+            "2",
+            "--patch",
+            "16",
+            "--epochs",
+            "1",
+            "--iters",
+            "2",
+            "--loss",
+            "gdl",
+            "--checkpoint-dir",
+            str(ckpt),
+            *SMALL,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    out_dir = tmp_path / "preds"
+    image = pair.split(",")[0]
+    code, _, err = run(
+        [
+            "predict",
+            "--checkpoint",
+            str(ckpt / "best"),
+            "--input",
+            image,
+            image,
+            "--output",
+            str(out_dir) + "/",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    written = nib.load(out_dir / "img_prediction.nii.gz")
+    np.testing.assert_allclose(written.affine, affine)
+    assert written.shape == (20, 20, 16)
+
+
+@pytest.mark.parametrize("loss", ["bce", "dice+focal", "tversky"])
+def test_binary_2d_numpy(tmp_path, capsys, loss):
+    image, label = scene((32, 32), 1)
+    np.save(tmp_path / "x.npy", image)
+    np.save(tmp_path / "y.npy", label)
+    pair = f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
+    code, out, err = run(
+        [
+            "train",
+            "--train-path",
+            pair,
+            "--val-path",
+            pair,
+            "--spatial-dims",
+            "2",
+            "--classes",
+            "1",
+            "--patch",
+            "16",
+            "--stride",
+            "8",
+            "--epochs",
+            "1",
+            "--loss",
+            loss,
+            "--checkpoint-dir",
+            str(tmp_path / "c"),
+            *SMALL,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    code, _, err = run(
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "c" / "best"),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--output",
+            str(tmp_path / "p.npy"),
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    predicted = np.load(tmp_path / "p.npy")
+    assert predicted.shape == (32, 32) and set(np.unique(predicted)) <= {0, 1}
+
+
+def test_multilabel_targets(tmp_path, capsys):
+    image, label = scene((16, 16, 16), 2)
+    target = np.stack([label == 1, label == 0]).astype(np.float32)
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["raw"], f["label"] = image, target
+    code, _, err = run(
+        [
+            "train",
+            "--train-path",
+            str(tmp_path / "m.h5"),
+            "--classes",
+            "2",
+            "--multilabel",
+            "--loss",
+            "bce+dice",
+            "--patch",
+            "16",
+            "--batch-size",
+            "1",
+            "--epochs",
+            "1",
+            *SMALL,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+
+
+def test_early_stopping(tmp_path, h5_pair, capsys):
+    code, out, err = run(
+        [
+            "train",
+            "--train-path",
+            h5_pair[0],
+            "--val-path",
+            h5_pair[1],
+            "--classes",
+            "3",
+            "--patch",
+            "16",
+            "--iters",
+            "1",
+            "--epochs",
+            "30",
+            "--patience",
+            "1",
+            "--lr",
+            "0",
+            "--min-lr",
+            "0",
+            *SMALL,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "early stopping" in out
+    assert "done: 2 epochs" in out  # epoch 1 sets the best, epoch 2 cannot improve with lr 0
+
+
+def test_demo_smoke(capsys):
+    code, out, err = run(
+        ["demo", "--epochs", "1", "--iters", "2", "--size", "32", "--train-volumes", "1", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("dice=") and 0.0 <= float(last.split("=")[1]) <= 1.0
+
+
+def test_synthetic_volume_is_labelled_noise():
+    volume = synthetic_volume((24, 24, 24), np.random.default_rng(0))
+    assert volume.image.shape == (1, 24, 24, 24) and volume.label.shape == (24, 24, 24)
+    assert set(np.unique(volume.label)) == {0, 1, 2}
+    means = [volume.image[0][volume.label == c].mean() for c in range(3)]
+    assert means[2] < means[0] < means[1]
+
+
+def test_window_starts_cover_the_axis():
+    assert window_starts(10, 4, 4) == [0, 4, 6]
+    assert window_starts(8, 4, 2) == [0, 2, 4]
+    assert window_starts(4, 4, 1) == [0]
+
+
+def test_patch_dataset_grid_and_random():
+    image, label = scene((20, 12, 8), 0)
+    volume = Volume("v", image[None], label.astype(np.int64))
+    grid = PatchDataset([volume], (8, 8, 8), (8, 8, 8), flip=False)
+    assert len(grid) == 3 * 2 * 1
+    x, y = grid[len(grid) - 1]
+    assert x.shape == (1, 8, 8, 8) and y.shape == (8, 8, 8)
+    torch.testing.assert_close(x[0], torch.from_numpy(image[12:20, 4:12, 0:8]))
+    rand = PatchDataset([volume], (8, 8, 8), samples=50, foreground=1.0, seed=3)
+    assert len(rand) == 50
+    assert all(rand[i][1].any() for i in range(len(rand)))  # every patch holds labelled voxels
+    first = list(rand.windows)
+    rand.set_epoch(1)
+    assert rand.windows != first
+    rand.set_epoch(0)
+    assert rand.windows == first
+
+
+def _bad_h5(tmp_path, name, **datasets):
+    path = tmp_path / name
+    with h5py.File(path, "w") as f:
+        for key, value in datasets.items():
+            f[key] = value
+    return str(path)
+
+
+def bad_cases(tmp_path, h5_pair):
+    no_label = _bad_h5(tmp_path, "nolabel.h5", raw=np.zeros((16, 16, 16), np.float32))
+    mismatch = _bad_h5(
+        tmp_path, "mismatch.h5", raw=np.zeros((16, 16, 16), np.float32), label=np.zeros((16, 16, 8), np.uint8)
+    )
+    common = ["--classes", "3", "--epochs", "1", *SMALL]
+    return {
+        "no /label": (["train", "--train-path", no_label, "--patch", "16", *common], "no dataset '/label'"),
+        "shapes": (["train", "--train-path", mismatch, "--patch", "16", *common], "does not match"),
+        "patch too large": (["train", "--train-path", h5_pair[0], "--patch", "32", *common], "larger than the volume"),
+        "unknown loss": (
+            ["train", "--train-path", h5_pair[0], "--patch", "16", "--loss", "hinge", *common],
+            "unknown loss 'hinge'",
+        ),
+        "missing file": (
+            ["train", "--train-path", str(tmp_path / "nope.h5"), "--patch", "16", *common],
+            "no such file",
+        ),
+        "unknown encoder": (
+            ["train", "--train-path", h5_pair[0], "--patch", "16", "--encoder", "resnet33", *common],
+            "resnet33",
+        ),
+        "class out of range": (
+            ["train", "--train-path", h5_pair[0], "--patch", "16", "--classes", "2", "--epochs", "1", *SMALL],
+            "label holds class 2 but --classes is 2",
+        ),
+        "ce on multilabel": (
+            [
+                "train",
+                "--train-path",
+                h5_pair[0],
+                "--patch",
+                "16",
+                "--classes",
+                "3",
+                "--multilabel",
+                "--loss",
+                "ce",
+                *SMALL,
+            ],
+            "--loss ce needs class-index labels",
+        ),
+        "divisibility": (
+            [
+                "train",
+                "--train-path",
+                h5_pair[0],
+                "--patch",
+                "12",
+                *common,
+                "--model-kwargs",
+                '{"encoder_depth": 3, "decoder_channels": [16, 8, 4], "decoder_interpolation": "transposed"}',
+            ],
+            "must be divisible by the model's reduction (8, 8, 8) on every axis; try 16 16 16",
+        ),
+        "channels": (
+            ["train", "--train-path", h5_pair[0], "--patch", "16", "--in-channels", "2", *common],
+            "image has 1 channels but --in-channels is 2",
+        ),
+        "bad overlap": (
+            ["predict", "--checkpoint", str(tmp_path), "--input", h5_pair[0], "--output", "x.h5", "--overlap", "1.5"],
+            "expected a number in [0, 1)",
+        ),
+        "no checkpoint": (
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "none"),
+                "--input",
+                h5_pair[0],
+                "--output",
+                str(tmp_path / "x.h5"),
+            ],
+            "not a directory",
+        ),
+    }
+
+
+CASES = [
+    "no /label",
+    "shapes",
+    "patch too large",
+    "unknown loss",
+    "missing file",
+    "unknown encoder",
+    "class out of range",
+    "ce on multilabel",
+    "divisibility",
+    "channels",
+    "bad overlap",
+    "no checkpoint",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_line(tmp_path, h5_pair, capsys, case):
+    argv, expected = bad_cases(tmp_path, h5_pair)[case]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"smp3d {argv[0]}: error:") and expected in lines[0], lines[0]
+
+
+def test_console_script_prints_no_traceback(tmp_path, h5_pair):
+    argv, expected = bad_cases(tmp_path, h5_pair)["no /label"]
+    proc = subprocess.run([sys.executable, "-m", "smp3d", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and expected in proc.stderr
+
+
+def test_torchrun_two_processes_gloo(tmp_path, h5_pair):
+    ckpt = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "smp3d",
+        "train",
+        "--train-path",
+        h5_pair[0],
+        "--val-path",
+        h5_pair[1],
+        "--classes",
+        "3",
+        "--patch",
+        "16",
+        "--iters",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        str(ckpt),
+        *SMALL,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("done: 2 epochs") == 1  # only rank 0 reports
+    assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1", "2"]  # and only rank 0 logs
+    assert (ckpt / "best" / "model.safetensors").exists()
