@@ -488,3 +488,31 @@ def test_torchrun_two_processes_gloo(tmp_path, h5_pair):
     assert proc.stdout.count("done: 2 epochs") == 1  # only rank 0 reports
     assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1", "2"]  # and only rank 0 logs
     assert (ckpt / "best" / "model.safetensors").exists()
+
+
+class _Oracle(torch.nn.Module):
+    """Logits that reproduce a noise-free binary image exactly: the validation Dice must be 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x):
+        return torch.cat([-(x - 0.5), x - 0.5], 1) * self.scale
+
+
+@pytest.mark.parametrize("mode,classes", [("multiclass", 2), ("binary", 1)])
+def test_validation_dice_of_a_perfect_model_is_one(mode, classes):
+    from smp3d.cli.train import TrainConfig, evaluate
+
+    _, label = scene((16, 16, 8), 4)
+    volume = Volume("v", label[None].astype(np.float32), label.astype(np.int64))
+    model = _Oracle() if classes == 2 else torch.nn.Sequential(_Oracle(), torch.nn.Conv3d(2, 1, 1))
+    if classes == 1:
+        with torch.no_grad():
+            model[1].weight.copy_(torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1, 1))
+            model[1].bias.zero_()
+    config = TrainConfig(mode=mode, classes=classes, patch=(8, 8, 8), batch_size=2)
+    result = evaluate(model, [volume], config, torch.device("cpu"))
+    assert result["val_dice"] == pytest.approx(1.0)
+    assert all(d == pytest.approx(1.0) for d in result["dice_per_class"])

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..metrics import get_stats
+from ..metrics import dice_per_class
 from .data import Volume, normalize
 from .predict import predict_volume, to_labels
-from .train import TrainConfig, dice_from_stats, dice_table, fit, foreground_classes
+from .train import TrainConfig, dice_table, fit, foreground_classes
 
 CLASS_NAMES = ["background", "sphere", "cuboid"]
 
@@ -106,8 +106,7 @@ def run_demo(args: Any) -> int:
     )
     predicted = torch.from_numpy(to_labels(probabilities, "multiclass").astype(np.int64))
     truth = torch.from_numpy(test.label)  # type: ignore[arg-type]
-    stats = get_stats(predicted[None], truth[None], mode="multiclass", num_classes=3)
-    dice = dice_from_stats(*(s.sum(0) for s in stats[:3]))
+    dice = dice_per_class(predicted[None], truth[None], "multiclass", num_classes=3)
     mean = float(dice[foreground_classes("multiclass", 3)].mean())
     print(f"held-out volume {test.spatial_shape}, sliding window 32^3 patches, overlap 0.5, gaussian blend:")
     print(dice_table(CLASS_NAMES, [float(d) for d in dice]))

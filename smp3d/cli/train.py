@@ -238,12 +238,6 @@ def activate(logits: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 # -- validation ----------------------------------------------------------------------------------
-def dice_from_stats(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    """Per-class Dice from summed counts; NaN where a class is absent from both."""
-    denom = (2 * tp + fp + fn).double()
-    return torch.where(denom > 0, 2 * tp.double() / denom.clamp_min(1), torch.full_like(denom, float("nan")))
-
-
 def foreground_classes(mode: str, classes: int) -> list[int]:
     return list(range(1, classes)) if mode == "multiclass" else list(range(classes))
 
@@ -258,11 +252,16 @@ def evaluate(
 ) -> dict[str, Any]:
     """Segment each volume with the sliding window; return the mean loss and per-class Dice."""
     from ..inference import sliding_window_inference
-    from ..metrics import get_stats
+    from ..metrics import SegmentationMetrics
 
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, config.classes, dtype=torch.long)
+    metrics = SegmentationMetrics(
+        config.mode,
+        num_classes=config.classes,
+        ignore_index=config.ignore_index if config.mode == "multiclass" else None,
+        threshold=None if config.mode == "multiclass" else 0.5,
+    )
     losses = []
     for volume in volumes:
         image = torch.from_numpy(volume.image)[None].to(device)
@@ -279,21 +278,11 @@ def evaluate(
         if loss_fn is not None:
             losses.append(float(loss_fn(logits, target)))
         if config.mode == "multiclass":
-            stats = get_stats(
-                logits.argmax(1),
-                target,
-                mode="multiclass",
-                num_classes=config.classes,
-                ignore_index=config.ignore_index,
-            )
+            metrics.update(logits, target)
         else:
-            stats = get_stats(
-                logits.sigmoid(), target.long(), mode=config.mode, threshold=0.5, ignore_index=config.ignore_index
-            )
-        tp, fp, fn, _ = (s.sum(0).cpu() for s in stats)
-        totals += torch.stack([tp, fp, fn])
+            metrics.update(logits.sigmoid(), target.round().long())
     model.train(was_training)
-    dice = dice_from_stats(*totals)
+    dice = metrics.compute()["dice"]
     fg = dice[foreground_classes(config.mode, config.classes)]
     fg = fg[~fg.isnan()]
     return {
