@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -52,6 +53,12 @@ def nifti_pair(tmp_path):
     return f"{tmp_path / 'img.nii.gz'},{tmp_path / 'seg.nii.gz'}", affine
 
 
+def argv(text):
+    """A command line from one string (our temporary paths hold no spaces); training gets the small model."""
+    words = shlex.split(text)
+    return [*words, *SMALL] if words[0] == "train" else [*words, "--no-progress"]
+
+
 def run(argv, capsys):
     code = main(argv)
     out, err = capsys.readouterr()
@@ -65,24 +72,10 @@ def rows(path):
 
 def test_train_hdf5_then_resume_then_predict(tmp_path, h5_pair, capsys):
     ckpt = tmp_path / "ckpt"
-    base = [
-        "train",
-        "--train-path",
-        h5_pair[0],
-        "--val-path",
-        h5_pair[1],
-        "--classes",
-        "3",
-        "--patch",
-        "16",
-        "--batch-size",
-        "2",
-        "--iters",
-        "2",
-        "--checkpoint-dir",
-        str(ckpt),
-        *SMALL,
-    ]
+    base = argv(
+        f"train --train-path {h5_pair[0]} --val-path {h5_pair[1]} --classes 3 --patch 16 --batch-size 2 "
+        f"--iters 2 --checkpoint-dir {ckpt}"
+    )
     code, out, err = run([*base, "--epochs", "2"], capsys)
     assert code == 0, err
     assert "val_dice" in out and "done: 2 epochs, 4 iterations" in out
@@ -101,10 +94,7 @@ def test_train_hdf5_then_resume_then_predict(tmp_path, h5_pair, capsys):
     assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1", "2", "3"]
 
     pred = tmp_path / "pred.h5"
-    code, out, err = run(
-        ["predict", "--checkpoint", str(ckpt / "best"), "--input", h5_pair[1], "--output", str(pred), "--no-progress"],
-        capsys,
-    )
+    code, _, err = run(argv(f"predict --checkpoint {ckpt / 'best'} --input {h5_pair[1]} --output {pred}"), capsys)
     assert code == 0, err
     with h5py.File(pred) as f:
         labels = f["predictions"][()]
@@ -112,19 +102,9 @@ def test_train_hdf5_then_resume_then_predict(tmp_path, h5_pair, capsys):
 
     probs = tmp_path / "probs.npy"
     code, _, err = run(
-        [
-            "predict",
-            "--checkpoint",
-            str(ckpt / "best"),
-            "--input",
-            h5_pair[1],
-            "--output",
-            str(probs),
-            "--probabilities",
-            "--overlap",
-            "0.25",
-            "--no-progress",
-        ],
+        argv(
+            f"predict --checkpoint {ckpt / 'best'} --input {h5_pair[1]} --output {probs} --probabilities --overlap 0.25"
+        ),
         capsys,
     )
     assert code == 0, err
@@ -138,42 +118,16 @@ def test_nifti_roundtrip_keeps_affine(tmp_path, nifti_pair, capsys):
     pair, affine = nifti_pair
     ckpt = tmp_path / "ck"
     code, _, err = run(
-        [
-            "train",
-            "--train-path",
-            pair,
-            "--classes",
-            "2",
-            "--patch",
-            "16",
-            "--epochs",
-            "1",
-            "--iters",
-            "2",
-            "--loss",
-            "gdl",
-            "--checkpoint-dir",
-            str(ckpt),
-            *SMALL,
-        ],
+        argv(
+            f"train --train-path {pair} --classes 2 --patch 16 --epochs 1 --iters 2 --loss gdl --checkpoint-dir {ckpt}"
+        ),
         capsys,
     )
     assert code == 0, err
     out_dir = tmp_path / "preds"
     image = pair.split(",")[0]
     code, _, err = run(
-        [
-            "predict",
-            "--checkpoint",
-            str(ckpt / "best"),
-            "--input",
-            image,
-            image,
-            "--output",
-            str(out_dir) + "/",
-            "--no-progress",
-        ],
-        capsys,
+        argv(f"predict --checkpoint {ckpt / 'best'} --input {image} {image} --output {out_dir}/"), capsys
     )
     assert code == 0, err
     written = nib.load(out_dir / "img_prediction.nii.gz")
@@ -187,43 +141,18 @@ def test_binary_2d_numpy(tmp_path, capsys, loss):
     np.save(tmp_path / "x.npy", image)
     np.save(tmp_path / "y.npy", label)
     pair = f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
-    code, out, err = run(
-        [
-            "train",
-            "--train-path",
-            pair,
-            "--val-path",
-            pair,
-            "--spatial-dims",
-            "2",
-            "--classes",
-            "1",
-            "--patch",
-            "16",
-            "--stride",
-            "8",
-            "--epochs",
-            "1",
-            "--loss",
-            loss,
-            "--checkpoint-dir",
-            str(tmp_path / "c"),
-            *SMALL,
-        ],
+    code, _, err = run(
+        argv(
+            f"train --train-path {pair} --val-path {pair} --spatial-dims 2 --classes 1 --patch 16 --stride 8 "
+            f"--epochs 1 --loss {loss} --checkpoint-dir {tmp_path / 'c'}"
+        ),
         capsys,
     )
     assert code == 0, err
     code, _, err = run(
-        [
-            "predict",
-            "--checkpoint",
-            str(tmp_path / "c" / "best"),
-            "--input",
-            str(tmp_path / "x.npy"),
-            "--output",
-            str(tmp_path / "p.npy"),
-            "--no-progress",
-        ],
+        argv(
+            f"predict --checkpoint {tmp_path / 'c' / 'best'} --input {tmp_path / 'x.npy'} --output {tmp_path / 'p.npy'}"
+        ),
         capsys,
     )
     assert code == 0, err
@@ -237,63 +166,31 @@ def test_multilabel_targets(tmp_path, capsys):
     with h5py.File(tmp_path / "m.h5", "w") as f:
         f["raw"], f["label"] = image, target
     code, _, err = run(
-        [
-            "train",
-            "--train-path",
-            str(tmp_path / "m.h5"),
-            "--classes",
-            "2",
-            "--multilabel",
-            "--loss",
-            "bce+dice",
-            "--patch",
-            "16",
-            "--batch-size",
-            "1",
-            "--epochs",
-            "1",
-            *SMALL,
-        ],
+        argv(
+            f"train --train-path {tmp_path / 'm.h5'} --classes 2 --multilabel --loss bce+dice --patch 16 "
+            "--batch-size 1 --epochs 1"
+        ),
         capsys,
     )
     assert code == 0, err
 
 
-def test_early_stopping(tmp_path, h5_pair, capsys):
+def test_early_stopping(h5_pair, capsys):
+    # Epoch 1 sets the best score; with lr 0 epoch 2 cannot improve on it, and patience 1 stops there.
     code, out, err = run(
-        [
-            "train",
-            "--train-path",
-            h5_pair[0],
-            "--val-path",
-            h5_pair[1],
-            "--classes",
-            "3",
-            "--patch",
-            "16",
-            "--iters",
-            "1",
-            "--epochs",
-            "30",
-            "--patience",
-            "1",
-            "--lr",
-            "0",
-            "--min-lr",
-            "0",
-            *SMALL,
-        ],
+        argv(
+            f"train --train-path {h5_pair[0]} --val-path {h5_pair[1]} --classes 3 --patch 16 --iters 1 --epochs 30 "
+            "--patience 1 --lr 0 --min-lr 0"
+        ),
         capsys,
     )
     assert code == 0, err
     assert "early stopping" in out
-    assert "done: 2 epochs" in out  # epoch 1 sets the best, epoch 2 cannot improve with lr 0
+    assert "done: 2 epochs" in out
 
 
 def test_demo_smoke(capsys):
-    code, out, err = run(
-        ["demo", "--epochs", "1", "--iters", "2", "--size", "32", "--train-volumes", "1", "--no-progress"], capsys
-    )
+    code, out, err = run(shlex.split("demo --epochs 1 --iters 2 --size 32 --train-volumes 1 --no-progress"), capsys)
     assert code == 0, err
     last = out.strip().splitlines()[-1]
     assert last.startswith("dice=") and 0.0 <= float(last.split("=")[1]) <= 1.0
@@ -344,77 +241,45 @@ def bad_cases(tmp_path, h5_pair):
     mismatch = _bad_h5(
         tmp_path, "mismatch.h5", raw=np.zeros((16, 16, 16), np.float32), label=np.zeros((16, 16, 8), np.uint8)
     )
-    common = ["--classes", "3", "--epochs", "1", *SMALL]
+    vol = h5_pair[0]
+    transposed = '{"encoder_depth": 3, "decoder_channels": [16, 8, 4], "decoder_interpolation": "transposed"}'
     return {
-        "no /label": (["train", "--train-path", no_label, "--patch", "16", *common], "no dataset '/label'"),
-        "shapes": (["train", "--train-path", mismatch, "--patch", "16", *common], "does not match"),
-        "patch too large": (["train", "--train-path", h5_pair[0], "--patch", "32", *common], "larger than the volume"),
-        "unknown loss": (
-            ["train", "--train-path", h5_pair[0], "--patch", "16", "--loss", "hinge", *common],
-            "unknown loss 'hinge'",
-        ),
-        "missing file": (
-            ["train", "--train-path", str(tmp_path / "nope.h5"), "--patch", "16", *common],
-            "no such file",
-        ),
-        "unknown encoder": (
-            ["train", "--train-path", h5_pair[0], "--patch", "16", "--encoder", "resnet33", *common],
-            "resnet33",
-        ),
-        "class out of range": (
-            ["train", "--train-path", h5_pair[0], "--patch", "16", "--classes", "2", "--epochs", "1", *SMALL],
-            "label holds class 2 but --classes is 2",
-        ),
-        "ce on multilabel": (
-            [
-                "train",
-                "--train-path",
-                h5_pair[0],
-                "--patch",
-                "16",
-                "--classes",
-                "3",
-                "--multilabel",
-                "--loss",
-                "ce",
-                *SMALL,
-            ],
-            "--loss ce needs class-index labels",
-        ),
+        "no /label": (f"--train-path {no_label}", "no dataset '/label'"),
+        "shapes": (f"--train-path {mismatch}", "does not match"),
+        "patch too large": (f"--train-path {vol} --patch 32", "larger than the volume"),
+        "unknown loss": (f"--train-path {vol} --loss hinge", "unknown loss 'hinge'"),
+        "missing file": (f"--train-path {tmp_path / 'nope.h5'}", "no such file"),
+        "unknown encoder": (f"--train-path {vol} --encoder resnet33", "resnet33"),
+        "class out of range": (f"--train-path {vol} --classes 2", "label holds class 2 but --classes is 2"),
+        "ce on multilabel": (f"--train-path {vol} --multilabel --loss ce", "--loss ce needs class-index labels"),
         "divisibility": (
-            [
-                "train",
-                "--train-path",
-                h5_pair[0],
-                "--patch",
-                "12",
-                *common,
-                "--model-kwargs",
-                '{"encoder_depth": 3, "decoder_channels": [16, 8, 4], "decoder_interpolation": "transposed"}',
-            ],
+            [f"--train-path {vol} --patch 12 --model-kwargs", transposed],
             "must be divisible by the model's reduction (8, 8, 8) on every axis; try 16 16 16",
         ),
-        "channels": (
-            ["train", "--train-path", h5_pair[0], "--patch", "16", "--in-channels", "2", *common],
-            "image has 1 channels but --in-channels is 2",
-        ),
+        "channels": (f"--train-path {vol} --in-channels 2", "image has 1 channels but --in-channels is 2"),
         "bad overlap": (
-            ["predict", "--checkpoint", str(tmp_path), "--input", h5_pair[0], "--output", "x.h5", "--overlap", "1.5"],
+            f"predict --checkpoint {tmp_path} --input {vol} --output x.h5 --overlap 1.5",
             "expected a number in [0, 1)",
         ),
         "no checkpoint": (
-            [
-                "predict",
-                "--checkpoint",
-                str(tmp_path / "none"),
-                "--input",
-                h5_pair[0],
-                "--output",
-                str(tmp_path / "x.h5"),
-            ],
+            f"predict --checkpoint {tmp_path / 'none'} --input {vol} --output {tmp_path / 'x.h5'}",
             "not a directory",
         ),
     }
+
+
+def bad_argv(tmp_path, h5_pair, case):
+    """The case's command line: train cases get a 16^3 patch, 3 classes and one epoch unless they say otherwise."""
+    spec, expected = bad_cases(tmp_path, h5_pair)[case]
+    parts = spec if isinstance(spec, list) else [spec]
+    words = [w for part in parts[:1] for w in part.split()] + parts[1:]
+    if words[0] == "predict":
+        return words, expected
+    defaults = {"--patch": "16", "--classes": "3", "--epochs": "1"}
+    extra = [w for key, value in defaults.items() if key not in words for w in (key, value)]
+    if "--model-kwargs" not in words:
+        extra += SMALL[:2]
+    return ["train", *words, *extra, "--no-progress"], expected
 
 
 CASES = [
@@ -435,7 +300,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_clear_line(tmp_path, h5_pair, capsys, case):
-    argv, expected = bad_cases(tmp_path, h5_pair)[case]
+    argv, expected = bad_argv(tmp_path, h5_pair, case)
     code, _, err = run(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -444,7 +309,7 @@ def test_bad_input_is_one_clear_line(tmp_path, h5_pair, capsys, case):
 
 
 def test_console_script_prints_no_traceback(tmp_path, h5_pair):
-    argv, expected = bad_cases(tmp_path, h5_pair)["no /label"]
+    argv, expected = bad_argv(tmp_path, h5_pair, "no /label")
     proc = subprocess.run([sys.executable, "-m", "smp3d", *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and expected in proc.stderr
@@ -453,36 +318,11 @@ def test_console_script_prints_no_traceback(tmp_path, h5_pair):
 def test_torchrun_two_processes_gloo(tmp_path, h5_pair):
     ckpt = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "smp3d",
-        "train",
-        "--train-path",
-        h5_pair[0],
-        "--val-path",
-        h5_pair[1],
-        "--classes",
-        "3",
-        "--patch",
-        "16",
-        "--iters",
-        "2",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "1",
-        "--device",
-        "cpu",
-        "--checkpoint-dir",
-        str(ckpt),
-        *SMALL,
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "smp3d"]
+    cmd = torchrun + argv(
+        f"train --train-path {h5_pair[0]} --val-path {h5_pair[1]} --classes 3 --patch 16 --iters 2 --epochs 2 "
+        f"--batch-size 1 --device cpu --checkpoint-dir {ckpt}"
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("done: 2 epochs") == 1  # only rank 0 reports
