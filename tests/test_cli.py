@@ -356,3 +356,33 @@ def test_validation_dice_of_a_perfect_model_is_one(mode, classes):
     result = evaluate(model, [volume], config, torch.device("cpu"))
     assert result["val_dice"] == pytest.approx(1.0)
     assert all(d == pytest.approx(1.0) for d in result["dice_per_class"])
+
+
+def test_flips_only_the_chosen_axes():
+    image = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    volume = Volume("v", image[None], np.zeros((4, 6, 8), np.int64))
+    dataset = PatchDataset([volume], (4, 6, 8), (4, 6, 8), flip=(0,))
+    torch.manual_seed(0)
+    seen = {bool((dataset[0][0][0] != torch.from_numpy(image)).any()) for _ in range(20)}
+    assert seen == {False, True}  # flipped sometimes, not always
+    for _ in range(20):
+        x = dataset[0][0][0]
+        assert torch.equal(x, torch.from_numpy(image)) or torch.equal(x, torch.from_numpy(image).flip(0))
+
+
+def test_flip_axes_and_small_validation_volume(tmp_path, h5_pair, capsys):
+    small = _bad_h5(
+        tmp_path, "small.h5", raw=np.random.rand(12, 12, 12).astype(np.float32), label=np.zeros((12, 12, 12), np.uint8)
+    )
+    code, out, err = run(
+        argv(
+            f"train --train-path {h5_pair[0]} --val-path {small} --classes 3 --patch 16 --iters 1 --epochs 1 "
+            "--flip-axes 0 2"
+        ),
+        capsys,
+    )
+    assert code == 0, err  # the sliding window pads a validation volume smaller than the patch
+    code, _, err = run(
+        argv(f"train --train-path {h5_pair[0]} --classes 3 --patch 16 --iters 1 --epochs 1 --flip-axes 3"), capsys
+    )
+    assert code == 2 and "flip axes [3] out of range: the volumes have 3 spatial axes" in err

@@ -18,8 +18,8 @@ D=$WORK/data
 "$PYTHON" "$HERE/prepare.py" --data-dir "$DATA_DIR" --out "$D"
 
 # Images are already z-scored by prepare.py (--normalize none). Left-right flips come from
-# the mirrored copy of the training hemisphere; the CLI's flips would also turn the brain
-# upside down and front to back (--no-flip). No validation set: best/ = last/ (see README).
+# the mirrored copy of the training hemisphere (--flip-axes 0 would flip on the fly; the
+# default flips every axis, turning the brain upside down). No validation set: best/ = last/.
 start=$(date +%s)
 "$SMP3D" train \
   --train-path "$D/train_image.nii.gz,$D/train_label.nii.gz" \

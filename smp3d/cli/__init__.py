@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", type=float, default=0.33, help="with --iters: fraction of patches centred on a labelled voxel"
     )
     data.add_argument("--no-flip", action="store_true", help="no random flips")
+    data.add_argument(
+        "--flip-axes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="AXIS",
+        help="flip only these spatial axes (0-based), e.g. 0 for left-right only (default: all)",
+    )
     model = train.add_argument_group("model")
     model.add_argument("--arch", default="unet", help="unet, unetplusplus, fpn, deeplabv3plus, ...")
     model.add_argument("--encoder", default="resnet18")
@@ -221,7 +229,7 @@ def _run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         iters=args.iters,
         foreground=args.foreground,
-        flip=not args.no_flip,
+        flip=False if args.no_flip else (tuple(args.flip_axes) if args.flip_axes else True),
         normalize=args.normalize,
         optimizer=args.optimizer,
         lr=args.lr,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,7 +287,8 @@ def check_patch(volumes: list[Volume], patch: tuple[int, ...], what: str = "--pa
 class PatchDataset(torch.utils.data.Dataset):
     """Patches of in-memory volumes: a shuffled-by-the-sampler grid at ``stride``, or, when
     ``samples`` is given, that many random windows per epoch (``foreground`` of them centred
-    on a labelled voxel). Random flips along every spatial axis when ``flip``."""
+    on a labelled voxel). Each spatial axis in ``flip`` (all of them for ``True``, none for
+    ``False``) is flipped at random, with probability 1/2, independently of the others."""
 
     def __init__(
         self,
@@ -296,7 +298,7 @@ class PatchDataset(torch.utils.data.Dataset):
         *,
         samples: int | None = None,
         foreground: float = 0.33,
-        flip: bool = True,
+        flip: bool | Sequence[int] = True,
         seed: int = 0,
     ) -> None:
         check_patch(volumes, patch)
@@ -304,7 +306,11 @@ class PatchDataset(torch.utils.data.Dataset):
         self.patch = tuple(patch)
         self.samples = samples
         self.foreground = foreground
-        self.flip = flip
+        axes = range(len(self.patch)) if flip is True else (() if flip is False else tuple(flip))
+        bad = [a for a in axes if not 0 <= a < len(self.patch)]
+        if bad:
+            raise CLIError(f"flip axes {bad} out of range: the volumes have {len(self.patch)} spatial axes (0-based)")
+        self.flip_axes = tuple(axes)
         self.seed = seed
         self.images = [torch.from_numpy(v.image) for v in volumes]
         self.labels = [torch.from_numpy(v.label) for v in volumes]  # type: ignore[arg-type]
@@ -356,8 +362,8 @@ class PatchDataset(torch.utils.data.Dataset):
         image = self.images[i][(slice(None), *region)]
         label = self.labels[i]
         label = label[(slice(None), *region)] if label.dim() == image.dim() else label[region]
-        if self.flip:
-            axes = [a for a in range(len(self.patch)) if torch.rand(()) < 0.5]
+        if self.flip_axes:
+            axes = [a for a in self.flip_axes if torch.rand(()) < 0.5]
             if axes:
                 image = image.flip([a + 1 for a in axes])
                 offset = label.dim() - len(self.patch)

@@ -27,7 +27,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..base.hub import atomic_write
-from .data import CLIError, PatchDataset, Volume, check_labels, check_patch
+from .data import CLIError, PatchDataset, Volume, check_labels
 
 TRAINER_FILE = "trainer.json"
 STATE_FILE = "training_state.pt"
@@ -56,7 +56,7 @@ class TrainConfig:
     epochs: int = 10
     iters: int | None = None  # iterations per epoch; None: one pass over the grid of patches
     foreground: float = 0.33
-    flip: bool = True
+    flip: bool | tuple[int, ...] = True  # True: every spatial axis; or the axes to flip
     normalize: str = "zscore"
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -398,7 +398,6 @@ def fit(
         raise CLIError(f"unknown task mode {config.mode!r}")
     loss_fn = build_loss(config.loss, config.mode, config.ignore_index)
     check_labels(train_volumes + val_volumes, config.mode, config.classes)
-    check_patch(val_volumes, config.patch)
     for volume in train_volumes + val_volumes:
         if volume.image.shape[0] != config.in_channels:
             raise CLIError(
