@@ -38,10 +38,15 @@ def adapt_input_channels(encoder: nn.Module, new_in_channels: int, pretrained: b
 
     The first convolution reading ``encoder.out_channels[0]`` channels gets a new kernel (the
     rule of :func:`adapt_input_weight`, or a fresh initialization when not ``pretrained``) and
-    ``encoder.out_channels[0]`` becomes ``new_in_channels``.
+    ``encoder.out_channels[0]`` becomes ``new_in_channels``. An encoder whose input feeds more
+    than one convolution defines ``set_in_channels(in_channels, pretrained)`` with the same
+    meaning, and it is called instead.
     """
     old_in_channels = encoder.out_channels[0]
     if new_in_channels == old_in_channels:
+        return
+    if callable(getattr(encoder, "set_in_channels", None)):  # e.g. a stem whose input feeds parallel branches
+        encoder.set_in_channels(new_in_channels, pretrained=pretrained)
         return
     conv = first_conv(encoder, old_in_channels)
     if conv.groups != 1:
