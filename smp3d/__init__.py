@@ -14,6 +14,7 @@ from .decoders import (
     PAN,
     DeepLabV3,
     DeepLabV3Plus,
+    HRNet,
     Linknet,
     MAnet,
     PSPNet,
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FPN",
+    "HRNet",
     "PAN",
     "DeepLabV3",
     "DeepLabV3Plus",

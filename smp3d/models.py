@@ -11,6 +11,7 @@ from .decoders import (
     PAN,
     DeepLabV3,
     DeepLabV3Plus,
+    HRNet,
     Linknet,
     MAnet,
     PSPNet,
@@ -28,12 +29,14 @@ _CLASSES: tuple[type[SegmentationModel], ...] = (
     MAnet,
     Linknet,
     FPN,
+    HRNet,
     PSPNet,
     DeepLabV3,
     DeepLabV3Plus,
     PAN,
     UPerNet,
     Segformer,
+    HRNet,
 )
 
 #: Lower-case name -> class: smp's names (the class names, lower-cased) and common spellings.

@@ -2,6 +2,7 @@
 
 from .deeplabv3 import DeepLabV3, DeepLabV3Plus
 from .fpn import FPN
+from .hrnet import HRNet
 from .linknet import Linknet
 from .manet import MAnet
 from .pan import PAN
@@ -13,6 +14,7 @@ from .upernet import UPerNet
 
 __all__ = [
     "FPN",
+    "HRNet",
     "PAN",
     "DeepLabV3",
     "DeepLabV3Plus",
