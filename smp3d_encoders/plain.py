@@ -12,7 +12,7 @@ and ``encoder_depth=5``.
 
 Inside a double-conv block each of the two "single conv" units applies the layers named by
 ``layer_order`` in that order (pytorch-3dunet's convention): ``c`` convolution (3 per axis,
-padding 1), ``r`` ReLU, ``l`` LeakyReLU(0.1), ``e`` ELU, ``b`` batch norm, ``g`` group norm,
+padding 1), ``r`` ReLU, ``l`` LeakyReLU(0.01), ``e`` ELU, ``b`` batch norm, ``g`` group norm,
 ``i`` instance norm. A norm placed before the ``c`` normalises the unit's input channels,
 after it its output channels. The convolution has a bias only when no norm follows it in the
 unit (a norm after it would cancel the bias; pytorch-3dunet drops the bias for any batch or group
@@ -43,7 +43,7 @@ __all__ = ["DOWNSAMPLING", "ENCODERS", "LAYER_LETTERS", "PlainEncoder", "parse_l
 LAYER_LETTERS = {
     "c": "convolution",
     "r": "ReLU",
-    "l": "LeakyReLU(0.1)",
+    "l": "LeakyReLU(0.01)",
     "e": "ELU",
     "b": "BatchNorm",
     "g": "GroupNorm",
@@ -105,7 +105,7 @@ def single_conv(
         elif letter == "r":
             layers["r"] = nn.ReLU(inplace=True)
         elif letter == "l":
-            layers["l"] = nn.LeakyReLU(0.1, inplace=True)
+            layers["l"] = nn.LeakyReLU(0.01, inplace=True)
         elif letter == "e":
             layers["e"] = nn.ELU(inplace=True)
         elif letter == "b":

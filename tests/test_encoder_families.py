@@ -74,6 +74,11 @@ def _first_party_names() -> list[str]:
 
 
 FIRST_PARTY = _first_party_names()
+# Names smp 0.6.0 also has: the 2D oracle applies to them (plain and HRNet are ours alone).
+SMP_NAMES = [name for name in FIRST_PARTY if name in smp.encoders.encoders]
+# smp's MiT calls .item() while it is built, so it cannot be built on the meta device; test_mit.py
+# compares MiT's layout and counts with smp built for real.
+SMP_META_NAMES = [name for name in SMP_NAMES if smp3d.get_encoder_spec(name).family != "mit"]
 
 
 def build(name: str, device: str = "meta", **kwargs) -> torch.nn.Module:
@@ -99,10 +104,12 @@ SMALLEST = _smallest_per_family()
 
 
 def test_every_first_party_name_has_a_published_count():
-    assert sorted(PUBLISHED_MILLIONS) == FIRST_PARTY
+    # MiT and MobileOne counts are compared with smp's own models in test_mit.py / test_mobileone.py.
+    newer = {"mit", "mobileone"}
+    assert sorted(PUBLISHED_MILLIONS) == [n for n in SMP_NAMES if smp3d.get_encoder_spec(n).family not in newer]
 
 
-@pytest.mark.parametrize("name", FIRST_PARTY)
+@pytest.mark.parametrize("name", SMP_META_NAMES)
 def test_2d_layout_equals_smp(name):
     with torch.device("meta"):
         reference = smp.encoders.get_encoder(name, weights=None).state_dict()
@@ -128,12 +135,13 @@ def test_3d_layout_is_2d_with_a_trailing_kernel_axis(name):
             assert state_3d[key].shape == tensor.shape, key
 
 
-@pytest.mark.parametrize("name", FIRST_PARTY)
+@pytest.mark.parametrize("name", SMP_META_NAMES)
 def test_parameter_count_matches_smp(name):
     with torch.device("meta"):
         reference = sum(p.numel() for p in smp.encoders.get_encoder(name, weights=None).parameters())
     assert count_2d(name) == reference
-    assert PUBLISHED_MILLIONS[name] in (round(reference / 1e6), int(reference / 1e6))
+    if name in PUBLISHED_MILLIONS:
+        assert PUBLISHED_MILLIONS[name] in (round(reference / 1e6), int(reference / 1e6))
 
 
 ANISOTROPIC = {
@@ -159,14 +167,14 @@ def test_per_axis_strides(name, pattern):
 @pytest.mark.parametrize("name", FIRST_PARTY)
 def test_depths_and_in_channels(name):
     full = build(name, spatial_dims=2).out_channels
-    for depth in range(1, 6):
+    for depth in smp3d.get_encoder_spec(name).extra.get("depths", range(1, 6)):
         encoder = build(name, spatial_dims=2, depth=depth, in_channels=4).eval()
         assert encoder.out_channels == (4, *full[1 : depth + 1])
         features = encoder(torch.empty(1, 4, 64, 64, device="meta"))
         assert [f.shape[1] for f in features] == list(encoder.out_channels)
 
 
-@pytest.mark.parametrize("name", SMALLEST)
+@pytest.mark.parametrize("name", [n for n in SMALLEST if n in SMP_NAMES])
 def test_2d_features_equal_smp(name):
     reference = smp.encoders.get_encoder(name, weights=None).eval()
     ours = smp3d.get_encoder(name, spatial_dims=2).eval()
@@ -180,7 +188,7 @@ def test_2d_features_equal_smp(name):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", SMALLEST)
+@pytest.mark.parametrize("name", [n for n in SMALLEST if n in SMP_NAMES])
 def test_2d_unet_equals_smp(name):
     reference = smp.Unet(name, encoder_weights=None, classes=2).eval()
     ours = smp3d.Unet(name, classes=2, spatial_dims=2).eval()
