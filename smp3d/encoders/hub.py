@@ -29,6 +29,7 @@ __all__ = [
     "check_weights_config",
     "conversion_command",
     "download_pretrained",
+    "hub_file",
     "hub_org",
     "hub_repo_id",
     "hub_repo_name",
@@ -120,16 +121,24 @@ def check_weights_config(config: Mapping[str, Any], name: str, spatial_dims: int
         raise ValueError(f"Weights {where} do not fit: " + "; ".join(problems) + ". Nothing was loaded.")
 
 
-def download_pretrained(
-    name: str, tag: str, spec: EncoderSpec, check: Callable[[dict[str, Any], str], None] | None = None
-) -> tuple[Path, dict[str, Any], str]:
-    """Fetch (or find in the cache) ``config.json``, then ``model.safetensors``, of ``name``/``tag``.
+def _offline_reason() -> str:
+    from huggingface_hub import constants
 
-    ``check(config, where)`` runs between the two, so a repository that does not fit fails before
-    the large download. Returns ``(weights_file, config, repo_id)``. Raises :class:`PretrainedWeightsUnavailableError`
-    with the ``smp3d-convert-weights`` command to run when the weights cannot be had.
+    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+    return (
+        "the Hugging Face Hub is disabled (HF_HUB_OFFLINE=1)"
+        if offline
+        else "the Hugging Face Hub could not be reached"
+    )
+
+
+def hub_file(repo_id: str, filename: str, revision: str | None, what: str, howto: str) -> Path:
+    """Fetch (or find in the cache) one file of a Hub repository.
+
+    Raises :class:`PretrainedWeightsUnavailableError` naming ``what`` and the repository, with
+    ``howto`` (what the user can do instead), when it cannot be had.
     """
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -139,36 +148,39 @@ def download_pretrained(
         RevisionNotFoundError,
     )
 
+    at = repo_id + (f"@{revision}" if revision else "")
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise PretrainedWeightsUnavailableError(
+            f"{what} ({at}, file {filename}) are not in the local Hugging Face cache and {_offline_reason()}. {howto}"
+        ) from exc
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError, EntryNotFoundError) as exc:
+        raise PretrainedWeightsUnavailableError(
+            f"{what}: {at} has no {filename} on the Hugging Face Hub ({type(exc).__name__}). {howto}"
+        ) from exc
+
+
+def download_pretrained(
+    name: str, tag: str, spec: EncoderSpec, check: Callable[[dict[str, Any], str], None] | None = None
+) -> tuple[Path, dict[str, Any], str]:
+    """Fetch (or find in the cache) ``config.json``, then ``model.safetensors``, of ``name``/``tag``.
+
+    ``check(config, where)`` runs between the two, so a repository that does not fit fails before
+    the large download. Returns ``(weights_file, config, repo_id)``. Raises :class:`PretrainedWeightsUnavailableError`
+    with the ``smp3d-convert-weights`` command to run when the weights cannot be had.
+    """
     repo_id = hub_repo_id(name, tag)
     revision = hub_revision(spec, tag)
     at = f"{repo_id}" + (f"@{revision}" if revision else "")
     output = hub_repo_name(name, tag)
     howto = (
-        f"Make them locally with:\n    {conversion_command(name, tag, output)}\nthen pass encoder_weights={output!r}."
+        f"(Set ${HUB_ORG_ENV} to use another organisation.) Make them locally with:\n    "
+        f"{conversion_command(name, tag, output)}\nthen pass encoder_weights={output!r}."
     )
-    files: dict[str, str] = {}
-    config: dict[str, Any] = {}
-    try:
-        for filename in (CONFIG_FILENAME, WEIGHTS_FILENAME):
-            files[filename] = hf_hub_download(repo_id, filename, revision=revision)
-            if filename == CONFIG_FILENAME:
-                config = read_weights_config(files[filename]) or {}
-                if check is not None:
-                    check(config, f"from the Hub repository {at}")
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
-        why = (
-            "the Hugging Face Hub is disabled (HF_HUB_OFFLINE=1)"
-            if offline
-            else "the Hugging Face Hub could not be reached"
-        )
-        raise PretrainedWeightsUnavailableError(
-            f"Pretrained weights {name}.{tag} ({at}, file {filename}) are not in the local Hugging Face cache "
-            f"and {why}. {howto}"
-        ) from exc
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError, EntryNotFoundError) as exc:
-        raise PretrainedWeightsUnavailableError(
-            f"Pretrained weights {name}.{tag}: {at} has no {filename} on the Hugging Face Hub "
-            f"({type(exc).__name__}; set ${HUB_ORG_ENV} to use another organisation). {howto}"
-        ) from exc
-    return Path(files[WEIGHTS_FILENAME]), config, repo_id
+    what = f"Pretrained weights {name}.{tag}"
+    config_file = hub_file(repo_id, CONFIG_FILENAME, revision, what, howto)
+    config = read_weights_config(config_file) or {}
+    if check is not None:
+        check(config, f"from the Hub repository {at}")
+    return hub_file(repo_id, WEIGHTS_FILENAME, revision, what, howto), config, repo_id

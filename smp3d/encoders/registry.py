@@ -222,8 +222,11 @@ class EncoderRegistry:
     def _unknown_message(self, name: str) -> str:
         names = self.names()
         lowered = {n.lower(): n for n in names}
-        close = difflib.get_close_matches(name.lower(), list(lowered), n=5, cutoff=0.6)
-        close += [n for n in lowered if name.lower() in n and n not in close][: max(0, 5 - len(close))]
+        query = name.lower()
+        # names extending the query first (``resnext50`` -> ``resnext50_32x4d``), then similar spellings
+        ranked = sorted((n for n in lowered if query in n), key=lambda n: (not n.startswith(query), len(n), n))
+        ranked += difflib.get_close_matches(query, list(lowered), n=5, cutoff=0.6)
+        close = list(dict.fromkeys(ranked))[:5]
         matches = ", ".join(lowered[c] for c in close) or "none"
         prefixes = ", ".join(f"'{p}-<name>'" for p in self.resolver_prefixes()) or "none installed"
         return (
@@ -304,9 +307,11 @@ class EncoderRegistry:
             pass
         encoder = spec.build(**arguments, **kwargs)
         if weights is not None:
-            load_encoder_weights(
-                encoder, weights, name=name, spec=spec, deeper_keys=self._deeper_keys(spec, encoder, arguments, kwargs)
-            )
+            if spec.load_weights is not None and isinstance(weights, str) and weights in spec.weights:
+                spec.load_weights(encoder, weights, name, spec)
+            else:
+                deeper_keys = self._deeper_keys(spec, encoder, arguments, kwargs)
+                load_encoder_weights(encoder, weights, name=name, spec=spec, deeper_keys=deeper_keys)
             if in_channels != build_channels:
                 adapt_input_channels(encoder, in_channels, pretrained=True)
         validate_encoder(encoder, depth, in_channels, spatial_dims, name)

@@ -32,8 +32,10 @@ class EncoderSpec:
     ``out_channels`` are the channels of the features of the default build (depth 5, 3 input
     channels; item 0 is the input); ``strides`` the per-stage stride the builder uses when
     given ``strides=None`` (the same on every axis), so default reductions are known unbuilt;
-    ``weights`` maps pretrained tags (``"imagenet"``) to their sources. Specs are immutable:
-    derive a variant with ``dataclasses.replace``.
+    ``weights`` maps pretrained tags (``"imagenet"``) to their sources. ``load_weights``, when
+    set, loads a pretrained tag itself, ``load_weights(encoder, tag, name, spec)``, instead of
+    fetching ``<org>/<name>.<tag>`` (the ``tu-`` encoders inflate timm's 2D weights at load time).
+    Specs are immutable: derive a variant with ``dataclasses.replace``.
     """
 
     build: Builder
@@ -46,6 +48,7 @@ class EncoderSpec:
     license: str | None = None
     description: str = ""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    load_weights: Callable[[nn.Module, str, str, EncoderSpec], None] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.build):
