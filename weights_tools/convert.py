@@ -255,6 +255,13 @@ def _align_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.
     return state
 
 
+def _source_keys(encoder: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The 2D source on the encoder's keys: the encoder's own ``source_state_dict`` hook when it has one
+    (``tu-`` encoders map timm's whole-model checkpoints, dropping the classifier), else :func:`_align_keys`."""
+    hook = getattr(encoder, "source_state_dict", None)
+    return hook(state) if callable(hook) else _align_keys(state, encoder.state_dict())
+
+
 # -- equivalence ---------------------------------------------------------------------------------
 
 
@@ -430,8 +437,8 @@ def convert_encoder(
         src = resolve_source(encoder, tag, source, revision)
         step("read source")
         encoder_2d = smp3d.get_encoder(encoder, spatial_dims=2)
-        state_2d = _align_keys(src.state_dict, encoder_2d.state_dict())
         try:
+            state_2d = _source_keys(encoder_2d, src.state_dict)
             load_state_dict_strict(encoder_2d, state_2d, what=f"from {src.id!r} for the 2D encoder {encoder!r}")
         except ValueError as exc:
             raise ConversionError(str(exc)) from exc
