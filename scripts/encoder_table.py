@@ -52,10 +52,36 @@ def _millions(count: int) -> str:
     return f"{count / 1e6:.1f}M"
 
 
+ALIASES_HEADER = """
+
+## Migration names
+
+segmentation_models_pytorch_3d's `timm-*` encoders and `mobilenet_v2`, `xception`, `inceptionv4`,
+`inceptionresnetv2` are aliases of timm models, built through the `tu-` bridge (so `timm-regnetx_002`
+is `tu-regnetx_002`; see docs/index.md, "timm encoders"). `imagenet` loads timm's pretrained tag shown,
+inflated at load time; "-" means timm publishes no Hub weights for that model.
+
+"""
+
+
+def render_aliases(names: list[str]) -> str:
+    lines = ["| Name | timm model | `imagenet` = timm tag |", "|---|---|---|"]
+    for name in names:
+        spec = smp3d.get_encoder_spec(name)
+        source = spec.weights.get("imagenet")
+        tag = source.repo_id.partition(".")[2] if source else "-"
+        lines.append(f"| `{name}` | `{spec.extra['timm_name']}` | {tag} |")
+    return ALIASES_HEADER + "\n".join(lines) + "\n"
+
+
 def render() -> str:
     rows = []
+    aliases = []
     for name in first_party_encoders():
         spec = smp3d.get_encoder_spec(name)
+        if "timm_name" in spec.extra:  # built by the tu- bridge: listed apart, without building 140 timm models
+            aliases.append(name)
+            continue
         reductions = cumulative_reductions([(s,) for s in spec.strides[: spec.max_depth]], 1)
         rows.append(
             (
@@ -72,7 +98,7 @@ def render() -> str:
     head = ("Family", "Name", "Params 2D", "Params 3D", "out_channels", "Reductions", "Pretrained tags")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return HEADER + "\n".join(lines) + "\n"
+    return HEADER + "\n".join(lines) + "\n" + render_aliases(aliases)
 
 
 def write_atomically(path: Path, text: str) -> None:

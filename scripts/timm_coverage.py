@@ -1,0 +1,237 @@
+"""Walk timm's models, convert each to 3D as a ``tu-`` encoder, and write docs/timm_coverage.md.
+
+For every architecture in ``timm.list_models()`` (no weights are downloaded), in a worker process:
+
+1. build it with ``features_only=True`` on the ``meta`` device (models timm cannot give features
+   for are counted apart, as "no features_only");
+2. build ``smp3d.get_encoder("tu-<name>", spatial_dims=3)`` on ``meta`` (conversion + the
+   encoder's own size check on a 256^3 meta volume), and run it on a (1, 3, 128, 128, 128) meta
+   volume, checking ``depth + 1`` features of the documented reductions;
+3. record pass, or the first line of the error.
+
+Families are timm's model modules (``resnet``, ``efficientnet``, ...). A family is "attention"
+when its models hold query/key/value projections (ViT, Swin, MaxViT, ...), "CNN" otherwise.
+The headline counts models and families. Results are cached in a JSON file so that a run can be
+resumed; ``--limit-per-family N`` gives a quick sample.
+
+    python scripts/timm_coverage.py                       # full walk, writes docs/timm_coverage.md
+    python scripts/timm_coverage.py --limit-per-family 2  # a quick sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VOLUME = 256  # meta tensors hold no data: any size is free; unpadded Inception layers need room
+
+
+def _family(name: str) -> str:
+    from timm.models._registry import _model_to_module
+
+    return _model_to_module.get(name, "?")
+
+
+def check(name: str) -> dict:
+    """Convert one timm architecture; runs in a worker process."""
+    import torch
+    import torch.nn as nn
+
+    import smp3d
+    from smp3d_encoders.timm_universal import _feature_info
+
+    record: dict = {"name": name, "family": _family(name)}
+    start = time.perf_counter()
+    try:
+        _feature_info(name)
+        import timm
+
+        with torch.device("meta"):
+            timm.create_model(name, features_only=True)
+    except Exception as exc:  # noqa: BLE001 - we record whatever timm raises
+        record.update(status="no_features", reason=_first_line(exc))
+        return record
+    try:
+        with torch.device("meta"):
+            encoder = smp3d.get_encoder(f"tu-{name}", spatial_dims=3).eval()
+        record["attention"] = any(
+            isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("qkv", "q", "kv", "to_qkv", "q_proj")
+            for n, m in encoder.named_modules()
+        )
+        x = torch.empty(1, 3, VOLUME, VOLUME, VOLUME, device="meta")
+        with torch.no_grad():
+            features = encoder(x)
+        if len(features) != 6:
+            raise RuntimeError(f"{len(features)} features, expected 6")
+        record.update(status="pass")
+    except Exception as exc:  # noqa: BLE001
+        status = "no_pyramid" if "not hierarchical" in str(exc) else "fail"
+        record.update(status=status, reason=_first_line(exc))
+        if "attention" not in record:
+            record["attention"] = _has_qkv(name)
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    return record
+
+
+def _has_qkv(name: str) -> bool:
+    import timm
+    import torch
+    import torch.nn as nn
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+    except Exception:  # noqa: BLE001
+        return False
+    return any(
+        isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("qkv", "q", "kv", "to_qkv", "q_proj")
+        for n, m in model.named_modules()
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    text = re.sub(r"0x[0-9a-f]+", "0x…", text)
+    return text[:300]
+
+
+def _run(names: list[str], cache: Path, workers: int) -> dict[str, dict]:
+    results: dict[str, dict] = json.loads(cache.read_text()) if cache.exists() else {}
+    todo = [n for n in names if n not in results]
+    print(f"{len(names)} models, {len(todo)} to check with {workers} workers", file=sys.stderr)
+    # fresh interpreters, recycled often: some timm models leave state behind (registries, caches)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, maxtasksperchild=25) as pool:
+        for done, record in enumerate(pool.imap_unordered(check, todo), start=1):
+            results[record["name"]] = record
+            if done % 25 == 0 or done == len(todo):
+                cache.write_text(json.dumps(results, indent=1, sort_keys=True))
+                print(f"  {done}/{len(todo)}", file=sys.stderr)
+    return {n: results[n] for n in names}
+
+
+def _reason_class(reason: str) -> str:
+    reason = re.sub(r"'[^']*'", "'…'", reason)
+    reason = re.sub(r"\d+", "N", reason)
+    return reason[:160]
+
+
+def report(results: dict[str, dict], command: str) -> str:
+    import timm
+    import torch
+
+    fams: dict[str, list[dict]] = collections.defaultdict(list)
+    for r in results.values():
+        fams[r["family"]].append(r)
+    tried = ("pass", "fail")
+    capable = [r for r in results.values() if r["status"] in tried]
+    flat = [r for r in results.values() if r["status"] == "no_pyramid"]
+    flat_families = sorted({r["family"] for r in flat} - {r["family"] for r in capable})
+    passed = [r for r in capable if r["status"] == "pass"]
+
+    def kind(rs: list[dict]) -> str:
+        flagged = [r.get("attention", False) for r in rs if r["status"] in tried]
+        return "attention" if flagged and sum(flagged) * 2 >= len(flagged) else "CNN"
+
+    rows = []
+    fam_stats = {"CNN": [0, 0, 0], "attention": [0, 0, 0]}  # families: all, all models pass, some pass
+    for fam in sorted(fams):
+        rs = [r for r in fams[fam] if r["status"] in tried]
+        if not rs:
+            continue
+        k = kind(fams[fam])
+        ok = sum(r["status"] == "pass" for r in rs)
+        fam_stats[k][0] += 1
+        fam_stats[k][1] += ok == len(rs)
+        fam_stats[k][2] += ok > 0
+        reasons = collections.Counter(_reason_class(r["reason"]) for r in rs if r["status"] == "fail")
+        why = "; ".join(f"{n}× {text}" for text, n in reasons.most_common(2)) if reasons else ""
+        failing = [r["name"] for r in rs if r["status"] == "fail"]
+        example = f" (e.g. `{failing[0]}`)" if failing else ""
+        status = "pass" if ok == len(rs) else ("partial" if ok else "fail")
+        rows.append(f"| `{fam}` | {k} | {ok}/{len(rs)} | {status} | {why.replace('|', '/')}{example} |")
+
+    cnn_models = [r for r in capable if r.get("attention") is not True]
+    cnn_pass = [r for r in cnn_models if r["status"] == "pass"]
+    pct = 100 * len(passed) / max(1, len(capable))
+    c = fam_stats["CNN"]
+    a = fam_stats["attention"]
+    lines = [
+        "# timm coverage of `tu-` encoders in 3D",
+        "",
+        "Generated by `scripts/timm_coverage.py`; do not edit by hand.",
+        "",
+        f"timm {timm.__version__}, torch {torch.__version__}. Command: `{command}`.",
+        "",
+        "Each model of `timm.list_models()` is built with `features_only=True` on the `meta` device, converted to 3D "
+        f"as `tu-<name>` and run on a (1, 3, {VOLUME}, {VOLUME}, {VOLUME}) meta volume; it passes when the encoder "
+        "builds (its own check of every feature's size included) and returns its 6 features.",
+        "",
+        "## Headline",
+        "",
+        f"- **{len(passed)} of {len(capable)} features-capable timm models convert to 3D ({pct:.1f}%)**; "
+        f"{len(flat)} more are not hierarchical (every feature at one reduction: plain ViTs, MLP-Mixers, ConvMixer) "
+        f"and {len(results) - len(capable) - len(flat)} have no `features_only` support in timm; neither can be a "
+        "U-Net-style encoder, and they are left out of the percentages.",
+        f"- CNN models: {len(cnn_pass)} of {len(cnn_models)} ({100 * len(cnn_pass) / max(1, len(cnn_models)):.1f}%).",
+        f"- CNN families: **{c[2]} of {c[0]} ({100 * c[2] / max(1, c[0]):.0f}%) convert** (at least one model), "
+        f"{c[1]} of them with every model.",
+        f"- Attention families (query/key/value projections): {a[2]} of {a[0]} convert, {a[1]} with every model.",
+        "",
+        "## Per family",
+        "",
+        "| family (timm module) | kind | models passing | status | most common failures |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "## Not hierarchical",
+        "",
+        "Families whose every model returns features at one reduction (no pyramid for a decoder): "
+        + (", ".join(f"`{f}`" for f in flat_families) or "none")
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit-per-family", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)))
+    parser.add_argument("--cache", type=Path, default=ROOT / ".timm_coverage.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "timm_coverage.md")
+    args = parser.parse_args(argv)
+    import timm
+
+    names = timm.list_models()
+    if args.limit_per_family:
+        per: dict[str, int] = collections.Counter()
+        sample = []
+        for n in names:
+            fam = _family(n)
+            if per[fam] < args.limit_per_family:
+                per[fam] += 1
+                sample.append(n)
+        names = sample
+    results = _run(names, args.cache, args.workers)
+    command = "python scripts/timm_coverage.py" + (
+        f" --limit-per-family {args.limit_per_family}" if args.limit_per_family else ""
+    )
+    text = report(results, command)
+    tmp = args.output.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(args.output)
+    print(text.split("## Per family")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
