@@ -22,7 +22,7 @@ sizes and per-axis strides work; in 2D with even sizes this is timm's fixed x2/x
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -242,6 +242,16 @@ class HRNetEncoder(Encoder):
         if self.feature_location == "incre":
             branches = [incre(b) for incre, b in zip(self.incre_modules, branches, strict=True)]
         return features + branches
+
+    def source_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """timm's whole-model HRNet checkpoint without its classification head, for strict loading.
+
+        Only the head's keys (and ``incre_modules`` when ``feature_location=""``) are dropped; any other
+        difference is left for the strict loading to report.
+        """
+        head = ("downsamp_modules.", "final_layer.", "classifier.", "incre_modules.")
+        own = self.state_dict()
+        return {k: v for k, v in state.items() if k in own or not k.startswith(head)}
 
 
 # timm's 2D ImageNet releases on the Hub (the checkpoint's default tag in timm); keys match ours

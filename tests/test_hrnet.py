@@ -176,3 +176,19 @@ def test_decoder_level_rules_and_errors():
         transposed_steps((4, 3))
     with pytest.raises(ValueError, match="upsampling"):
         HRNet(encoder_name="resnet18", upsampling="cubic")
+
+
+def test_timm_checkpoint_loads_into_the_2d_encoder_without_its_head():
+    """timm's whole-model HRNet state dict (head included) maps onto ours key for key, outputs equal."""
+    timm = pytest.importorskip("timm")
+    full = timm.create_model("hrnet_w18_small", pretrained=False).eval()
+    encoder = smp3d.get_encoder("hrnet_w18_small", spatial_dims=2).eval()
+    state = encoder.source_state_dict(full.state_dict())
+    assert len(state) < len(full.state_dict())  # the head was dropped
+    encoder.load_state_dict(state, strict=True)
+    reference = timm.create_model("hrnet_w18_small", features_only=True, pretrained=False).eval()
+    reference.load_state_dict({k: v for k, v in full.state_dict().items() if k in reference.state_dict()})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(reference(x), encoder(x)[1:], strict=True):
+            torch.testing.assert_close(a, b)
