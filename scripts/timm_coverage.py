@@ -10,7 +10,8 @@ For every architecture in ``timm.list_models()`` (no weights are downloaded), in
 3. record pass, or the first line of the error.
 
 Families are timm's model modules (``resnet``, ``efficientnet``, ...). A family is "attention"
-when its models hold query/key/value projections (ViT, Swin, MaxViT, ...), "CNN" otherwise.
+when most of (up to) five of its models mix tokens with attention or another non-convolutional mixer (ViT, Swin,
+LeViT, MobileViT, MetaFormer, ...; see ``is_token_mixing``), "CNN" otherwise.
 The headline counts models and families. Results are cached in a JSON file so that a run can be
 resumed; ``--limit-per-family N`` gives a quick sample.
 
@@ -43,7 +44,6 @@ def _family(name: str) -> str:
 def check(name: str) -> dict:
     """Convert one timm architecture; runs in a worker process."""
     import torch
-    import torch.nn as nn
 
     import smp3d
     from smp3d_encoders.timm_universal import _feature_info
@@ -62,10 +62,6 @@ def check(name: str) -> dict:
     try:
         with torch.device("meta"):
             encoder = smp3d.get_encoder(f"tu-{name}", spatial_dims=3).eval()
-        record["attention"] = any(
-            isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("qkv", "q", "kv", "to_qkv", "q_proj")
-            for n, m in encoder.named_modules()
-        )
         x = torch.empty(1, 3, VOLUME, VOLUME, VOLUME, device="meta")
         with torch.no_grad():
             features = encoder(x)
@@ -75,26 +71,32 @@ def check(name: str) -> dict:
     except Exception as exc:  # noqa: BLE001
         status = "no_pyramid" if "not hierarchical" in str(exc) else "fail"
         record.update(status=status, reason=_first_line(exc))
-        if "attention" not in record:
-            record["attention"] = _has_qkv(name)
     record["seconds"] = round(time.perf_counter() - start, 2)
     return record
 
 
-def _has_qkv(name: str) -> bool:
+_MIXER = re.compile(r"Attention|Attn|MLA$|SHSA|SHMA|SSD|Transformer|MetaFormer|Mixer|VitBlock", re.IGNORECASE)
+_CHANNEL_GATES = ("SplitAttn", "SelectiveKernelAttn", "EffectiveSEModule", "CbamModule")  # SE-like, not token mixing
+
+
+def is_token_mixing(name: str) -> bool:
+    """True when ``name`` mixes tokens with attention or another non-convolutional mixer: a module class named
+    like one (Attention, LiteMLA, MetaFormer, ...) or a query/key/value projection."""
     import timm
     import torch
-    import torch.nn as nn
 
     try:
         with torch.device("meta"):
             model = timm.create_model(name)
     except Exception:  # noqa: BLE001
         return False
-    return any(
-        isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("qkv", "q", "kv", "to_qkv", "q_proj")
-        for n, m in model.named_modules()
-    )
+    for module_name, m in model.named_modules():
+        cls = type(m).__name__
+        if _MIXER.search(cls) and cls not in _CHANNEL_GATES:
+            return True
+        if module_name.rsplit(".", 1)[-1] in ("qkv", "to_qkv", "q_proj", "kv"):
+            return True
+    return False
 
 
 def _first_line(exc: BaseException) -> str:
@@ -120,7 +122,8 @@ def _run(names: list[str], cache: Path, workers: int) -> dict[str, dict]:
 
 def _reason_class(reason: str) -> str:
     reason = re.sub(r"'[^']*'", "'…'", reason)
-    reason = re.sub(r"\d+", "N", reason)
+    reason = re.sub(r"\btu-\S+", "tu-…", reason)
+    reason = re.sub(r"(?<![A-Za-z_])\d+(?!D\b)", "N", reason)
     return reason[:160]
 
 
@@ -138,8 +141,11 @@ def report(results: dict[str, dict], command: str) -> str:
     passed = [r for r in capable if r["status"] == "pass"]
 
     def kind(rs: list[dict]) -> str:
-        flagged = [r.get("attention", False) for r in rs if r["status"] in tried]
-        return "attention" if flagged and sum(flagged) * 2 >= len(flagged) else "CNN"
+        names = [r["name"] for r in rs if r["status"] in tried]
+        sample = names[:: max(1, -(-len(names) // 5))]  # up to 5, spread over the family
+        return "attention" if sample and 2 * sum(map(is_token_mixing, sample)) >= len(sample) else "CNN"
+
+    kinds = {fam: kind(rs) for fam, rs in fams.items()}
 
     rows = []
     fam_stats = {"CNN": [0, 0, 0], "attention": [0, 0, 0]}  # families: all, all models pass, some pass
@@ -147,7 +153,7 @@ def report(results: dict[str, dict], command: str) -> str:
         rs = [r for r in fams[fam] if r["status"] in tried]
         if not rs:
             continue
-        k = kind(fams[fam])
+        k = kinds[fam]
         ok = sum(r["status"] == "pass" for r in rs)
         fam_stats[k][0] += 1
         fam_stats[k][1] += ok == len(rs)
@@ -159,7 +165,7 @@ def report(results: dict[str, dict], command: str) -> str:
         status = "pass" if ok == len(rs) else ("partial" if ok else "fail")
         rows.append(f"| `{fam}` | {k} | {ok}/{len(rs)} | {status} | {why.replace('|', '/')}{example} |")
 
-    cnn_models = [r for r in capable if r.get("attention") is not True]
+    cnn_models = [r for r in capable if kinds[r["family"]] == "CNN"]
     cnn_pass = [r for r in cnn_models if r["status"] == "pass"]
     pct = 100 * len(passed) / max(1, len(capable))
     c = fam_stats["CNN"]
@@ -184,7 +190,8 @@ def report(results: dict[str, dict], command: str) -> str:
         f"- CNN models: {len(cnn_pass)} of {len(cnn_models)} ({100 * len(cnn_pass) / max(1, len(cnn_models)):.1f}%).",
         f"- CNN families: **{c[2]} of {c[0]} ({100 * c[2] / max(1, c[0]):.0f}%) convert** (at least one model), "
         f"{c[1]} of them with every model.",
-        f"- Attention families (query/key/value projections): {a[2]} of {a[0]} convert, {a[1]} with every model.",
+        f"- Attention and token-mixer families (self-attention, MetaFormer/Mixer blocks, judged on up to five "
+        f"models of the family): {a[2]} of {a[0]} convert, {a[1]} with every model.",
         "",
         "## Per family",
         "",
