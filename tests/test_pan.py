@@ -98,6 +98,19 @@ def test_channels_last_3d_and_bf16_autocast():
     checks.check_channels_last_bf16(model, torch.randn(2, 1, 32, 32, 32), classes=2)
 
 
+def test_bf16_channels_last_single_voxel_pyramid_reads_no_garbage():
+    """Regression: oneDNN's CPU bf16 convolution reads uninitialised memory for a channels_last_3d 1-channel
+    kernel on a single voxel (FPA at 32^3). Freed NaN-filled buffers make such reads visible."""
+    for i in range(6):
+        torch.manual_seed(i % 3)
+        junk = [torch.full((100_000 * (j + 1),), float("nan")) for j in range(i % 7)]
+        del junk
+        model = PAN("resnet18", in_channels=1, classes=2).to(memory_format=torch.channels_last_3d)
+        x = torch.randn(2, 1, 32, 32, 32).to(memory_format=torch.channels_last_3d)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            assert torch.isfinite(model(x)).all(), i
+
+
 def test_compiles_without_graph_breaks():
     model = PAN("resnet18", in_channels=1, classes=2, strides=((2, 2, 1), 2, 2, 2, 2))
     checks.check_compiles(model, torch.randn(1, 1, 32, 32, 16))

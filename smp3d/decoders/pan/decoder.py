@@ -54,7 +54,22 @@ class ConvBNAct(nn.Module):
         self.activation = nn.ReLU(inplace=True) if add_relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv.in_channels == 1:  # FPA's single-channel pyramid: see _one_channel_conv
+            return self.activation(self.bn(_one_channel_conv(self.conv, x)))
         return self.activation(self.bn(self.conv(x)))
+
+
+def _one_channel_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """FPA's 1-channel convolutions, with the kernel in the default layout.
+
+    On the CPU, oneDNN's bf16 convolution reads uninitialised memory, or crashes, when a 1-input-channel
+    kernel is in channels_last_3d layout and the input is a single voxel. That is what
+    ``model.to(memory_format=torch.channels_last_3d)`` gives for a 32^3 input, whose deepest feature is 1^3
+    (measured with torch 2.15). A 1-channel kernel holds the same values in either layout, so re-laying it
+    out costs one tiny copy and changes nothing else.
+    """
+    weight = conv.weight.clone(memory_format=torch.contiguous_format)
+    return conv._conv_forward(x, weight, conv.bias)
 
 
 class HalvingMaxPool(nn.Module):
