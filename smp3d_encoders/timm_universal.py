@@ -124,7 +124,8 @@ def _feature_info(timm_name: str) -> tuple[tuple[int, int], ...]:
     info = getattr(model, "feature_info", None)
     if not info:
         raise ConversionError(f"timm model {timm_name!r} has no feature_info, so it cannot serve as an encoder.")
-    return tuple((int(f["num_chs"]), int(f["reduction"])) for f in info)
+    # an entry without a module (TResNet's space-to-depth stem) is one timm cannot return: reduction 0 = unusable
+    return tuple((int(f["num_chs"]), int(f["reduction"]) if f.get("module", "x") else 0) for f in info)
 
 
 def _plan(timm_name: str, depth: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:

@@ -213,7 +213,26 @@ def test_dilation_keeps_deep_features_finer() -> None:
     assert encoder(x)[-1].shape[2:] == (4, 4, 4)
 
 
-def test_converted_model_compiles_without_graph_breaks_in_2d_unaffected() -> None:
+@pytest.mark.parametrize("name", ["resnet10t", "convnext_atto"])
+def test_torch_compile_traces_the_conversion_without_graph_breaks(name: str) -> None:
+    """Dynamo traces the function mode: one graph, and the compiled model gives the eager output."""
+    model = smp3d.Unet(f"tu-{name}", in_channels=1, classes=2).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), model(x))
+
+
+def test_channels_last_3d_and_bf16_autocast() -> None:
+    model = smp3d.Unet("tu-regnety_002", in_channels=1, classes=2).to(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 1, 32, 32, 32).to(memory_format=torch.channels_last_3d)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.shape == (2, 2, 32, 32, 32) and torch.isfinite(out.float()).all()
+
+
+def test_2d_encoder_is_timms_own_module_tree() -> None:
     """In 2D nothing is converted: the module tree is timm's own."""
     encoder = _tu("mobilenetv3_small_050", spatial_dims=2)
     assert not any(type(m).__module__ == "smp3d_encoders.timm_nd" for m in encoder.modules())
@@ -408,3 +427,11 @@ def test_big_migration_aliases_build_on_meta(name: str) -> None:
         features = encoder(x)
     assert len(features) == 6
     assert math.prod(features[-1].shape[2:]) > 0
+
+
+def test_feature_without_a_module_is_skipped_as_smp_does_for_tresnet() -> None:
+    """TResNet's reduction-2 entry names no module (timm cannot return it): level 1 becomes a placeholder."""
+    from smp3d_encoders.timm_universal import _plan
+
+    indices, channels, placeholder = _plan("tresnet_m", 5)
+    assert indices == (1, 2, 3, 4) and channels == (0, 64, 128, 1024, 2048) and placeholder == 1
