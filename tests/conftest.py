@@ -10,10 +10,15 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import huggingface_hub.constants as _hf_constants
 import pytest
 import torch
 
 from smp3d.encoders import registry as registry_module
+
+# ... but a pytest plugin may have imported huggingface_hub before this file ran (then the variable above
+# came too late and a missing file cost a 23 s HTTP back-off in CI): set the flag it read as well.
+_hf_constants.HF_HUB_OFFLINE = True
 
 
 @pytest.fixture(autouse=True)
