@@ -1,0 +1,201 @@
+"""Training-step and inference speed of whole models: smp3d vs segmentation_models_pytorch_3d (and MONAI), one run.
+
+The method is the anchors' (``shared/bench/anchors_gpu.py``): the same architecture built by each library,
+the same input, an AdamW step (forward, ``mean()`` loss in float32, backward, step) or an inference forward,
+the median of ``--iters`` timed runs after ``--warmup`` runs (CUDA synchronised after each), FLOPs counted
+with ``torch.utils.flop_counter.FlopCounterMode`` (so equal FLOPs prove the architectures match), peak CUDA
+memory. Each row is printed as JSON; ``--out FILE`` writes them all, ``--markdown`` prints a table with the
+ratio ``theirs / ours`` (above 1: smp3d is faster).
+
+    python benchmarks/models.py --device cpu                  # 1x1x64^3, float32: the CPU targets
+    python benchmarks/models.py                                # CUDA: 2x1x128^3, bf16, channels_last_3d
+    python benchmarks/models.py --compile --markdown --out gpu.json
+
+segmentation_models_pytorch_3d pins an old timm: install it next to ours with
+``pip install --no-deps segmentation-models-pytorch-3d==1.0.2 timm-3d==1.0.1 pretrainedmodels==0.7.4
+efficientnet-pytorch==0.7.1 six munch``. A library that is not installed is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+ENCODERS = ("resnet34", "efficientnet-b0")
+
+
+def builders(encoder: str) -> dict[str, Callable[[], nn.Module]]:
+    import smp3d
+
+    found: dict[str, Callable[[], nn.Module]] = {
+        "smp3d": lambda: smp3d.Unet(encoder, encoder_weights=None, in_channels=1, classes=2)
+    }
+    try:
+        import segmentation_models_pytorch_3d as smp_3d
+
+        found["smp-3d"] = lambda: smp_3d.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=2)
+    except Exception as exc:  # noqa: BLE001 - an optional comparison library
+        print(f"# segmentation_models_pytorch_3d unavailable: {type(exc).__name__}: {exc}")
+    return found
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def run_case(
+    library: str,
+    make: Callable[[], nn.Module],
+    shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    train: bool,
+    compile_: bool,
+    iters: int,
+    warmup: int,
+) -> dict:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    record = dict(
+        library=library,
+        shape=list(shape),
+        dtype=str(dtype).replace("torch.", "") if dtype else "float32",
+        channels_last=channels_last,
+        mode="train" if train else "infer",
+        compiled=compile_,
+    )
+    torch.manual_seed(0)
+    model = make().to(device)
+    x = torch.randn(*shape, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if not train:
+        model.eval()
+    runner = torch.compile(model) if compile_ else model
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    autocast = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+    def step() -> None:
+        with torch.autocast(**autocast):
+            out = runner(x)
+            loss = (out[0] if isinstance(out, (tuple, list)) else out).float().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer() -> None:
+        with torch.inference_mode(), torch.autocast(**autocast):
+            runner(x)
+
+    fn = step if train else infer
+    seconds = median_time(fn, device, iters, warmup)
+    flops = count_flops(fn)
+    record.update(
+        flops=flops,
+        ms=round(seconds * 1e3, 2),
+        gflop=round(flops / 1e9, 1),
+        tflops=round(flops / seconds / 1e12, 2),
+        params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+    )
+    if device.type == "cuda":
+        record["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return record
+
+
+def markdown(rows: list[dict]) -> str:
+    """One line per case: ours, theirs and the ratio theirs / ours."""
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        key = (r["model"], r["mode"], r["dtype"], r["channels_last"], r["compiled"])
+        keyed.setdefault(key, {})[r["library"]] = r
+    head = "| model | mode | dtype | channels_last | compiled | smp3d ms | smp-3d ms | smp-3d / smp3d | GFLOP (both) |"
+    lines = [head, "|---|---|---|---|---|---:|---:|---:|---|"]
+    for (model, mode, dtype, cl, compiled), libs in keyed.items():
+        ours, theirs = libs.get("smp3d"), libs.get("smp-3d")
+        ratio = f"{theirs['ms'] / ours['ms']:.2f}" if ours and theirs else "-"
+        flops = ", ".join(str(lib["gflop"]) for lib in (ours, theirs) if lib)
+        lines.append(
+            f"| {model} | {mode} | {dtype} | {cl} | {compiled} | {ours['ms'] if ours else '-'} | "
+            f"{theirs['ms'] if theirs else '-'} | {ratio} | {flops} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS))
+    parser.add_argument("--shape", type=int, nargs="+", default=None, help="input shape (default by device)")
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    shape = tuple(args.shape or ((2, 1, 128, 128, 128) if gpu else (1, 1, 64, 64, 64)))
+    iters = args.iters or (10 if gpu else 5)
+    warmup = args.warmup or (3 if gpu else 1)
+    # GPU: the anchors' configurations; CPU: float32 eager only (the CPU target).
+    configs = [(torch.bfloat16, True), (torch.bfloat16, False), (None, False)] if gpu else [(None, False)]
+    rows: list[dict] = []
+    for encoder in args.encoders:
+        for library, make in builders(encoder).items():
+            for dtype, channels_last in configs:
+                for train in (True, False):
+                    for compile_ in (False, True) if args.compile else (False,):
+                        try:
+                            record = run_case(
+                                library, make, shape, device, dtype, channels_last, train, compile_, iters, warmup
+                            )
+                        except Exception as exc:  # noqa: BLE001 - report and go on with the other cases
+                            record = dict(library=library, error=f"{type(exc).__name__}: {exc}"[:300])
+                        record["model"] = f"Unet({encoder})"
+                        rows.append(record)
+                        print(json.dumps(record), flush=True)
+    if args.markdown:
+        print(markdown([r for r in rows if "ms" in r]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": str(device), "shape": list(shape), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
