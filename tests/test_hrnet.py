@@ -192,3 +192,8 @@ def test_timm_checkpoint_loads_into_the_2d_encoder_without_its_head():
     with torch.no_grad():
         for a, b in zip(reference(x), encoder(x)[1:], strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_compiles_without_graph_breaks():
+    model = HRNet("hrnet_w18_small", in_channels=1, classes=2, strides=((2, 2, 1), 2, 2, 2, 2))
+    checks.check_compiles(model, torch.randn(1, 1, 32, 32, 16))
