@@ -7,19 +7,15 @@ architecture, family or plugin is covered without editing this file. Structural 
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-from pathlib import Path
 
 import pytest
+import repo_scripts
 import torch
 
 import smp3d
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "architecture_matrix.py"
-_spec = importlib.util.spec_from_file_location("architecture_matrix", SCRIPT)
-am = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(am)
+am = repo_scripts.load("scripts/architecture_matrix.py")
 
 FAMILIES = am.installed_families()
 CELLS = am.cells(FAMILIES)

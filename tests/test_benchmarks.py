@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import repo_scripts
 import torch
 import torch.nn as nn
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "models.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return repo_scripts.load("benchmarks/models.py")
 
 
 def test_run_case_counts_the_flops_of_a_training_step():

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "encoder_table.py"
+import repo_scripts
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("encoder_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return repo_scripts.load("scripts/encoder_table.py")
 
 
 def test_encoder_table_is_up_to_date():
