@@ -47,6 +47,7 @@ __all__ = [
     "SpatialNdMode",
     "convert_to_nd",
     "extend",
+    "nd_mode",
     "pad_same_nd",
 ]
 
@@ -364,7 +365,7 @@ def convert_to_nd(model: nn.Module, spatial_dims: int = 3, strides: dict[str, tu
             m.output_size = extend(m.output_size, spatial_dims, 1) if m.output_size is not None else None
         elif cls in (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d):
             m.padding = _extend_pad(tuple(m.padding), spatial_dims)
-        elif nd is not None and nd.__name__ == "BlurPool2dNd":
+        elif nd is not None and issubclass(nd, _BlurPoolNd):
             _convert_blur(m, spatial_dims, stride)
         elif stride is not None and hasattr(m, "stride"):
             raise ConversionError(
@@ -635,3 +636,17 @@ class SpatialNdMode(TorchFunctionMode):
         if result is NotImplemented:
             return func(*args, **kwargs)
         return result
+
+
+_MODES: dict[int, SpatialNdMode] = {}
+
+
+def nd_mode(spatial_dims: int) -> SpatialNdMode:
+    """One shared mode per ``spatial_dims``: it holds no per-call state, so its rewrite table is built once.
+
+    (A plain dict rather than ``functools.cache``, which Dynamo warns about inside a compiled forward.)
+    """
+    mode = _MODES.get(spatial_dims)
+    if mode is None:
+        mode = _MODES[spatial_dims] = SpatialNdMode(spatial_dims)
+    return mode

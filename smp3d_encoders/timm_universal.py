@@ -53,7 +53,7 @@ from smp3d.encoders import (
 from smp3d.encoders.hub import hub_file
 from smp3d.encoders.weights import read_safetensors
 
-from .timm_nd import ConversionError, SpatialNdMode, convert_to_nd
+from .timm_nd import ConversionError, convert_to_nd, nd_mode
 
 __all__ = [
     "ENCODERS",
@@ -293,7 +293,7 @@ class TimmUniversalEncoder(Encoder):
         size = (_CHECK_SIZE,) * self.spatial_dims  # divisible by every reduction (at most 2**5 per axis)
         x = torch.empty(1, self.out_channels[0], *size, device="meta")
         with (
-            SpatialNdMode(self.spatial_dims) if self.spatial_dims != 2 else contextlib.nullcontext(),
+            nd_mode(self.spatial_dims) if self.spatial_dims != 2 else contextlib.nullcontext(),
             _blame(probe, f"tu-{self.timm_name}", self.spatial_dims),
         ):
             feats = probe(x)
@@ -319,7 +319,7 @@ class TimmUniversalEncoder(Encoder):
         if self.spatial_dims == 2:
             feats = self.model(x)
         else:
-            with SpatialNdMode(self.spatial_dims):
+            with nd_mode(self.spatial_dims):
                 feats = self.model(x)
         if self.channels_last_output:
             last = self.spatial_dims + 1
@@ -377,30 +377,24 @@ class TimmUniversalEncoder(Encoder):
 @contextlib.contextmanager
 def _blame(model: nn.Module, owner: str, spatial_dims: int) -> Iterator[None]:
     """Turn an error raised inside ``model``'s forward into a ConversionError naming the innermost module."""
-    stack: list[str] = []
     names = {m: n for n, m in model.named_modules()}
-    failed: list[str] = []
+    stack: list[nn.Module] = []  # the modules entered and not yet left
 
-    def enter(m: nn.Module, _: Any) -> None:
-        stack.append(names.get(m, type(m).__name__))
+    def leave(*_: Any) -> None:
+        stack.pop()
 
-    def leave(m: nn.Module, _: Any, __: Any) -> None:
-        if stack:
-            stack.pop()
-
-    handles = [m.register_forward_pre_hook(enter) for m in names] + [m.register_forward_hook(leave) for m in names]
+    handles = [m.register_forward_pre_hook(lambda m, _: stack.append(m)) for m in names]
+    handles += [m.register_forward_hook(leave) for m in names]
     try:
         yield
     except ConversionError:
         raise
     except Exception as exc:
-        failed.append(stack[-1] if stack else "")
-        where = failed[0]
-        module = dict(model.named_modules()).get(where)
-        kind = f" ({type(module).__module__}.{type(module).__qualname__})" if module is not None else ""
+        where = f"module {names[stack[-1]]!r} ({type(stack[-1]).__module__}.{type(stack[-1]).__qualname__})"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConversionError(
-            f"{owner}: the {spatial_dims}D forward failed in module {where or '<top level>'!r}{kind}, whose code "
-            f"could not be converted: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+            f"{owner}: the {spatial_dims}D forward failed in {where if stack else 'the top level'}, whose code "
+            f"could not be converted: {type(exc).__name__}: {message}"
         ) from exc
     finally:
         for h in handles:

@@ -179,35 +179,14 @@ def _hub_file(repo_id: str, filename: str, revision: str | None) -> Path:
         ) from exc
 
 
-def _timm_source(name: str, tag: str) -> tuple[str, str | None, str, str | None]:
-    """Hub repo, revision, file and licence of timm's pretrained weights for ``tu-<timm name>``."""
-    import timm
-
-    model_name = name[len("tu-") :]
-    if tag not in ("imagenet", "timm", "default"):
-        model_name = f"{model_name}.{tag}"
-    try:
-        cfg = timm.models.get_pretrained_cfg(model_name)
-    except Exception as exc:  # timm raises RuntimeError/KeyError for unknown names
-        raise ConversionError(f"timm has no pretrained weights for {model_name!r}: {exc}") from exc
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub_id:
-        raise ConversionError(
-            f"timm's pretrained weights for {model_name!r} are not published on the Hub as safetensors; "
-            f"pass a local checkpoint with --source FILE."
-        )
-    repo_id, _, revision = hub_id.partition("@")
-    return repo_id, revision or None, WEIGHTS_FILENAME, getattr(cfg, "license", None)
-
-
 def resolve_source(
     encoder: str, tag: str = "imagenet", source: str | None = None, revision: str | None = None
 ) -> SourceWeights:
     """Locate and read the 2D weights of ``encoder``.
 
     ``source`` is a local file or a Hub repo id; by default it is the encoder spec's
-    ``weights[tag]`` (smp's release ``smp-hub/<encoder>.<tag>`` at a pinned revision) or, for
-    ``tu-`` encoders without one, timm's pretrained weights.
+    ``weights[tag]``: smp's release ``smp-hub/<encoder>.<tag>`` at a pinned revision, or, for ``tu-``
+    encoders, the Hub repository timm names for that tag.
     """
     spec = smp3d.get_encoder_spec(encoder)
     known = spec.weights.get(tag)
@@ -225,10 +204,6 @@ def resolve_source(
             filename, revision = known.filename, revision or known.revision
     elif known is not None:
         repo_id, filename, revision = known.repo_id, known.filename, revision or known.revision
-    elif encoder.startswith("tu-"):
-        repo_id, pinned, filename, timm_license = _timm_source(encoder, tag)
-        revision = revision or pinned
-        license_ = license_ or timm_license
     else:
         tags = ", ".join(sorted(spec.weights)) or "none"
         raise ConversionError(
