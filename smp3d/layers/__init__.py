@@ -10,6 +10,7 @@ from .blocks import (
     create_activation,
     create_norm,
 )
+from .conv import Conv1d, Conv2d, Conv3d, conv_nd
 from .factories import (
     adaptive_avg_pool,
     adaptive_max_pool,
@@ -26,6 +27,7 @@ from .factories import (
     max_pool,
     strided_pool,
 )
+from .upsample import can_fuse_upsample, phase_kernels, set_fused_upsample, upsample_conv
 
 __all__ = [
     "NORMS",
@@ -33,14 +35,19 @@ __all__ = [
     "Activation",
     "Attention",
     "ChannelLayerNorm",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
     "ConvNormAct",
     "adaptive_avg_pool",
     "adaptive_max_pool",
     "as_tuple",
     "avg_pool",
     "batch_norm",
+    "can_fuse_upsample",
     "check_spatial_dims",
     "conv",
+    "conv_nd",
     "conv_transpose",
     "create_activation",
     "create_norm",
@@ -49,5 +56,8 @@ __all__ = [
     "interpolation_mode",
     "layer_type",
     "max_pool",
+    "phase_kernels",
+    "set_fused_upsample",
     "strided_pool",
+    "upsample_conv",
 ]

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from .conv import Conv1d, Conv2d, Conv3d
+
 __all__ = [
     "SPATIAL_DIMS",
     "adaptive_avg_pool",
@@ -32,7 +34,7 @@ __all__ = [
 SPATIAL_DIMS = (1, 2, 3)
 
 _LAYERS: dict[str, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
-    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "conv": (Conv1d, Conv2d, Conv3d),  # torch's, with a faster CPU path (see .conv)
     "conv_transpose": (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
     "batch_norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
     "instance_norm": (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),

@@ -1,0 +1,153 @@
+"""Nearest upsampling by 2 followed by a 3^n convolution, computed on the small map.
+
+A decoder block upsamples ``x`` (nearest, by 2 along some axes), concatenates a skip and applies a
+3×3×3 convolution. Along an upsampled axis every output row of that convolution reads only two
+distinct input rows of ``x``, with the three kernel taps summed into two: even rows ``2i`` see
+``w[0]·x[i-1] + (w[1]+w[2])·x[i]``, odd rows ``2i+1`` see ``(w[0]+w[1])·x[i] + w[2]·x[i+1]``. So the
+``x`` part of the convolution is one convolution of the small map with 2-tap kernels, one kernel
+per output phase (2 per upsampled axis, 8 in 3D, stacked as output channels), whose results are
+interleaved into the output. It reads ``x`` at its own size, never writes the upsampled map nor
+the concatenation, and needs 8/27 of the multiply-adds of the ``x`` part in 3D; the skip part is an
+ordinary convolution whose output the phases are added into.
+
+The result is the same function (the same parameters, the sums in another order) and autograd
+differentiates it as usual; :func:`upsample_conv` checks what it is given and
+``tests/test_upsample_conv.py`` compares it with interpolate → cat → conv, values and gradients.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from .conv import conv_nd
+
+__all__ = ["FUSED_MIN_VOXELS", "can_fuse_upsample", "phase_kernels", "set_fused_upsample", "upsample_conv"]
+
+#: Decoder blocks fuse only maps of at least this many voxels: below it the convolutions are bound
+#: by reading weights, and the phase kernels (2.4x the weights in 3D) cost more than they save.
+FUSED_MIN_VOXELS = 512
+
+
+def can_fuse_upsample(conv: nn.Module, scale: Sequence[int]) -> bool:
+    """Whether ``conv`` after nearest upsampling by ``scale`` can run as :func:`upsample_conv`:
+    a plain 3^n convolution (stride 1, dilation 1, zero padding 1, one group) and factors of 1 or 2
+    with at least one 2."""
+    n = len(scale)
+    return (
+        isinstance(conv, nn.modules.conv._ConvNd)
+        and not conv.transposed
+        and conv.kernel_size == (3,) * n
+        and conv.padding == (1,) * n
+        and conv.stride == (1,) * n
+        and conv.dilation == (1,) * n
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and all(s in (1, 2) for s in scale)
+        and 2 in scale
+    )
+
+
+def set_fused_upsample(model: nn.Module, enabled: bool) -> int:
+    """Turn the fused upsample -> conv path of every decoder block in ``model`` on or off (for
+    comparisons, and FLOP counts of the plain computation); returns how many blocks can fuse.
+
+    A block takes part by having ``fusable_upsample`` (whether it can) and ``fuse_upsample`` (whether
+    it does); blocks that cannot fuse stay off."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "fusable_upsample", False):
+            module.fuse_upsample = bool(enabled)
+            count += 1
+    return count
+
+
+def phase_kernels(weight: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:
+    """The kernels of a 3^n convolution applied after nearest upsampling by ``scale`` (1 or 2 per axis).
+
+    ``weight`` is ``(O, I, 3, ..., 3)``; the result is ``(P·O, I, t_1, ..., t_n)`` with ``t = 2`` along
+    upsampled axes and 3 elsewhere, ``P = 2^(upsampled axes)`` phases, phase-major in
+    ``itertools.product`` order of the per-axis phases (0 = even rows, 1 = odd rows).
+    """
+    kernels = weight[None]  # (P, O, I, *taps)
+    for axis, s in enumerate(scale):
+        if s == 1:
+            continue
+        w0, w1, w2 = kernels.unbind(3 + axis)
+        even = torch.stack([w0, w1 + w2], 3 + axis)
+        odd = torch.stack([w0 + w1, w2], 3 + axis)
+        kernels = torch.stack([even, odd], 1).flatten(0, 1)
+    return kernels.flatten(0, 1)
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    if channels_last is not None and not t.is_contiguous() and t.is_contiguous(memory_format=channels_last):
+        return channels_last
+    return torch.contiguous_format
+
+
+def upsample_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: Sequence[int],
+    skip: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``conv(cat([upsample(x, scale, "nearest"), skip]), weight, bias, padding=1)`` without the upsampled map.
+
+    Args:
+        x: ``(B, Cx, *size)``.
+        weight: ``(O, Cx + Cskip, 3, ..., 3)``, stride 1, dilation 1, zero padding 1.
+        scale: per-axis factor, each 1 or 2.
+        skip: ``(B, Cskip, *(size * scale))`` concatenated after ``x``, or None.
+    """
+    spatial = x.dim() - 2
+    scale = tuple(scale)
+    if len(scale) != spatial or any(s not in (1, 2) for s in scale):
+        raise ValueError(f"upsample_conv: scale must be 1 or 2 per spatial axis of x {tuple(x.shape)}, got {scale}.")
+    if tuple(weight.shape[2:]) != (3,) * spatial:
+        raise ValueError(f"upsample_conv: expected a 3^{spatial} kernel, got weight {tuple(weight.shape)}.")
+    size = [n * s for n, s in zip(x.shape[2:], scale, strict=True)]
+    channels = x.shape[1] + (skip.shape[1] if skip is not None else 0)
+    if weight.shape[1] != channels or (skip is not None and list(skip.shape[2:]) != size):
+        raise ValueError(
+            f"upsample_conv: weight {tuple(weight.shape)} needs x + skip with {weight.shape[1]} channels and skip of "
+            f"spatial size {size}; got x {tuple(x.shape)}, skip {None if skip is None else tuple(skip.shape)}."
+        )
+    if skip is not None and skip.shape[1] == 0:
+        skip = None  # a placeholder level of the encoder: nothing to concatenate
+    batch, cx, out_channels = x.shape[0], x.shape[1], weight.shape[0]
+    ones = (1,) * spatial
+    phases = conv_nd(x, phase_kernels(weight[:, :cx], scale), None, ones, ones, ones)
+    if skip is None:
+        y = torch.empty((batch, out_channels, *size), dtype=phases.dtype, device=phases.device,
+                        memory_format=_memory_format(phases))  # fmt: skip
+    else:
+        y = conv_nd(skip, weight[:, cx:], bias, ones, ones, ones)
+        bias = None
+    # y viewed as (B, O, n_1, s_1, n_2, s_2, ...): phase p fills index p of every s axis.
+    split = [batch, out_channels]
+    for n, s in zip(x.shape[2:], scale, strict=True):
+        split += [n, s]
+    rows = y.view(split)
+    # One view per phase (unbind's backward is one stack, where slicing the channels would
+    # zero-fill a full-size gradient per phase).
+    parts = phases.unflatten(1, (-1, out_channels)).unbind(1)
+    for part, phase in zip(parts, itertools.product(*[range(s) for s in scale]), strict=True):
+        source: list[slice | int] = [slice(None), slice(None)]
+        target: list[slice | int] = [slice(None), slice(None)]
+        for p, n, s in zip(phase, x.shape[2:], scale, strict=True):
+            # The 2-tap conv's output j covers input rows j-1, j: even rows use j = i, odd rows j = i + 1.
+            offset = p if s == 2 else 0
+            source.append(slice(offset, offset + n))
+            target += [slice(None), p]
+        part = part[tuple(source)]
+        if skip is not None:
+            rows[tuple(target)].add_(part)
+        else:
+            rows[tuple(target)].copy_(part if bias is None else part + bias.view(-1, *ones))
+    return y
