@@ -208,3 +208,60 @@ def test_fused_model_compiles_without_graph_breaks():
     model = smp3d.Unet("resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), in_channels=1, classes=2).eval()
     explanation = torch._dynamo.explain(model)(torch.randn(1, 1, 32, 32, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# --- the model-level channels_last policy ----------------------------------------------------
+
+
+def _encoder_input_is_channels_last(model, x):
+    seen = {}
+    handle = model.encoder.register_forward_pre_hook(
+        lambda _, args: seen.update(cl=args[0].is_contiguous(memory_format=torch.channels_last_3d))
+    )
+    with torch.no_grad():
+        out = model(x)
+    handle.remove()
+    return seen["cl"], out
+
+
+def test_channels_last_policy():
+    torch.manual_seed(0)
+    model = smp3d.Unet("resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), in_channels=2, classes=2).eval()
+    x = torch.randn(1, 2, 32, 32, 32)
+    weight = model.encoder.conv1.weight
+    assert model.channels_last is None
+    # Auto: channels_last_3d on CUDA only, so a CPU model keeps its layout.
+    assert model._wants_channels_last(on_cuda=True) and not model._wants_channels_last(on_cuda=False)
+    converted, plain = _encoder_input_is_channels_last(model.to("cpu"), x)
+    assert not converted and weight.is_contiguous()
+    # On: the weights now, the input once per forward; the same function.
+    assert model.set_channels_last(True) is model
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    assert model.encoder.conv1.weight is weight  # converted in place: optimizers keep their parameters
+    converted, out = _encoder_input_is_channels_last(model, x)
+    assert converted
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-4)
+    model.to(torch.float64)  # a later move keeps the layout
+    assert model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    model.set_channels_last(False)
+    assert model.encoder.conv1.weight.is_contiguous()
+    with pytest.raises(ValueError, match="None \\(auto: CUDA\\), True or False"):
+        model.set_channels_last("yes")
+
+
+def test_channels_last_2d_and_compile():
+    model = smp3d.Unet("resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), spatial_dims=2, classes=2).eval()
+    model.set_channels_last(True)
+    assert model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(torch.randn(1, 3, 32, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_nearest_interpolation_keeps_bfloat16_under_autocast():
+    x = torch.randn(1, 2, 4, 4, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layers.interpolate(x, (8, 8, 8), "nearest")
+        linear = layers.interpolate(x.float(), (8, 8, 8), "trilinear", align_corners=False)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, F.interpolate(x, size=(8, 8, 8), mode="nearest"))
+    assert linear.dtype == torch.float32

@@ -12,6 +12,8 @@ from .hub import SegmentationHubMixin
 
 __all__ = ["SegmentationModel"]
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
 
 def _skip_checks() -> bool:
     # Checks are Python-level shape logic: keep them out of traced and compiled graphs.
@@ -41,6 +43,54 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     def __init__(self) -> None:
         super().__init__()
         self._is_encoder_frozen = False
+        self._channels_last: bool | None = None
+
+    # -- memory format -------------------------------------------------------------------------
+
+    @property
+    def channels_last(self) -> bool | None:
+        """The memory-format policy: ``None`` (default) runs in ``channels_last`` (2D) /
+        ``channels_last_3d`` (3D) on CUDA and leaves the layout alone elsewhere; ``True`` / ``False``
+        always / never. Set it with :meth:`set_channels_last`.
+
+        Channels-last is cuDNN's fast layout for bf16/fp16 convolutions and lets BatchNorm run its
+        NDHWC kernels; with it on, the input is converted once in ``forward`` and the weights when the
+        model moves to the GPU, so no layout flips happen between blocks.
+        """
+        return self._channels_last
+
+    def set_channels_last(self, enabled: bool | None) -> SegmentationModel:
+        """Set :attr:`channels_last` and convert the weights to match now; returns the model."""
+        if enabled not in (None, True, False):
+            raise ValueError(f"channels_last must be None (auto: CUDA), True or False; got {enabled!r}.")
+        self._channels_last = enabled
+        if enabled is False:
+            super()._apply(lambda t: t.contiguous() if t.dim() in _CHANNELS_LAST else t)
+        else:
+            self._convert_weights()
+        return self
+
+    def _wants_channels_last(self, on_cuda: bool) -> bool:
+        return self._channels_last if self._channels_last is not None else on_cuda
+
+    def _convert_weights(self) -> None:
+        first = next(self.parameters(), None)
+        if first is not None and self._wants_channels_last(first.is_cuda):
+            super()._apply(
+                lambda t: t.contiguous(memory_format=_CHANNELS_LAST[t.dim()]) if t.dim() in _CHANNELS_LAST else t
+            )
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
+        # .to() / .cuda() / .half() all come here: keep the weights in the policy's layout after a move.
+        module = super()._apply(fn, recurse)
+        if self._channels_last is not False:
+            self._convert_weights()
+        return module
+
+    def _input_memory_format(self, x: torch.Tensor) -> torch.memory_format | None:
+        if x.dim() in _CHANNELS_LAST and self._wants_channels_last(x.is_cuda):
+            return _CHANNELS_LAST[x.dim()]
+        return None
 
     def initialize(self) -> None:
         init.initialize_decoder(self.decoder)
@@ -69,6 +119,9 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not _skip_checks():
             self.check_input(x)
+        memory_format = self._input_memory_format(x)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
         features = self.encoder(x)
         masks = self.segmentation_head(self.decoder(features))
         if self.classification_head is not None:

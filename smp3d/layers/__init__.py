@@ -27,7 +27,7 @@ from .factories import (
     max_pool,
     strided_pool,
 )
-from .upsample import can_fuse_upsample, phase_kernels, set_fused_upsample, upsample_conv
+from .upsample import can_fuse_upsample, interpolate, phase_kernels, set_fused_upsample, upsample_conv
 
 __all__ = [
     "NORMS",
@@ -53,6 +53,7 @@ __all__ = [
     "create_norm",
     "dropout",
     "instance_norm",
+    "interpolate",
     "interpolation_mode",
     "layer_type",
     "max_pool",

@@ -22,14 +22,40 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .conv import conv_nd
 
-__all__ = ["FUSED_MIN_VOXELS", "can_fuse_upsample", "phase_kernels", "set_fused_upsample", "upsample_conv"]
+__all__ = [
+    "FUSED_MIN_VOXELS",
+    "can_fuse_upsample",
+    "interpolate",
+    "phase_kernels",
+    "set_fused_upsample",
+    "upsample_conv",
+]
 
 #: Decoder blocks fuse only maps of at least this many voxels: below it the convolutions are bound
 #: by reading weights, and the phase kernels (2.4x the weights in 3D) cost more than they save.
 FUSED_MIN_VOXELS = 512
+
+
+def interpolate(x: torch.Tensor, size: Sequence[int], mode: str, **kwargs) -> torch.Tensor:
+    """``F.interpolate(x, size, mode)``, with nearest modes kept in ``x``'s dtype under autocast.
+
+    CUDA autocast runs every upsampling in float32, so a bfloat16 map is widened, copied at twice
+    the bytes and narrowed again by the next conv. Nearest upsampling only copies values, which is
+    exact in any dtype, so it runs with autocast off; (multi)linear modes keep autocast's float32.
+    """
+    device = x.device.type
+    if (
+        mode in ("nearest", "nearest-exact")
+        and torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device)
+    ):
+        with torch.autocast(device, enabled=False):
+            return F.interpolate(x, size=tuple(size), mode=mode, **kwargs)
+    return F.interpolate(x, size=tuple(size), mode=mode, **kwargs)
 
 
 def can_fuse_upsample(conv: nn.Module, scale: Sequence[int]) -> bool:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ...layers import conv, interpolation_mode
 from ...layers import dropout as dropout_layer
+from ...layers.upsample import interpolate
 
 __all__ = ["FPNBlock", "FPNDecoder", "MergeBlock", "SegmentationBlock", "ConvGroupNormReLU"]
 
@@ -82,7 +83,7 @@ class FPNBlock(nn.Module):
         self.interpolation_mode = interpolation_mode(mode, spatial_dims)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=tuple(skip.shape[2:]), mode=self.interpolation_mode)
+        x = interpolate(x, skip.shape[2:], self.interpolation_mode)
         return x + self.skip_conv(skip)
 
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ...layers import ConvNormAct, adaptive_avg_pool, conv, interpolation_mode
 from ...layers.blocks import NormSpec
+from ...layers.upsample import interpolate
 from ..unet import UnetDecoderBlock
 
 __all__ = ["MAnetDecoder", "MultiScaleFusionAttention", "PositionAttention", "squeeze_excitation"]
@@ -95,7 +95,7 @@ class MultiScaleFusionAttention(nn.Module):
     def forward(self, x: torch.Tensor, size: Sequence[int], skip: torch.Tensor) -> torch.Tensor:
         x = self.hl_conv(x)
         if tuple(x.shape[2:]) != tuple(size):
-            x = F.interpolate(x, size=tuple(size), mode=self.interpolation_mode)
+            x = interpolate(x, size, self.interpolation_mode)
         attention = self.SE_hl(x) + self.SE_ll(skip)
         return self.conv2(self.conv1(torch.cat([x * attention, skip], dim=1)))
 

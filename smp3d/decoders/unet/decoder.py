@@ -18,11 +18,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ...layers import Attention, ConvNormAct, conv_transpose, interpolation_mode
 from ...layers.blocks import NormSpec
-from ...layers.upsample import FUSED_MIN_VOXELS, can_fuse_upsample, upsample_conv
+from ...layers.upsample import FUSED_MIN_VOXELS, can_fuse_upsample, interpolate, upsample_conv
 
 __all__ = ["UnetCenterBlock", "UnetDecoder", "UnetDecoderBlock"]
 
@@ -83,7 +82,7 @@ class UnetDecoderBlock(nn.Module):
         if self.transposed:
             x = self.upsample(x)
         elif tuple(x.shape[2:]) != tuple(size):
-            x = F.interpolate(x, size=tuple(size), mode=self.interpolation_mode)
+            x = interpolate(x, size, self.interpolation_mode)
         if skip is not None:
             x = self.attention1(torch.cat([x, skip], dim=1))
         return self.attention2(self.conv2(self.conv1(x)))
