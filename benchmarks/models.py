@@ -1,8 +1,11 @@
-"""Training-step and inference speed of whole models: smp3d vs segmentation_models_pytorch_3d (and MONAI), one run.
+"""Training-step and inference speed of whole models: smp3d vs segmentation_models_pytorch_3d, in one run.
+
+(MONAI has no U-Net with these encoders; it is compared on sliding-window inference, ``sliding_window.py``.)
 
 The method is the anchors' (``shared/bench/anchors_gpu.py``): the same architecture built by each library,
 the same input, an AdamW step (forward, ``mean()`` loss in float32, backward, step) or an inference forward,
-the median of ``--iters`` timed runs after ``--warmup`` runs (CUDA synchronised after each), FLOPs counted
+the median of ``--iters`` timed runs after ``--warmup`` runs (CUDA synchronised after each; the libraries
+take turns, one run each per round, so that drift of a shared machine weighs on all alike), FLOPs counted
 with ``torch.utils.flop_counter.FlopCounterMode`` (smp3d's with its fused decoder path switched off too: equal
 FLOPs there prove the architectures match; TFLOP/s use that count), peak CUDA memory. Each row is printed
 as JSON; ``--out FILE`` writes them all, ``--markdown`` prints a table with the ratio ``theirs / ours``
@@ -25,6 +28,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -52,19 +56,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def count_flops(fn: Callable[[], object]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,7 +64,18 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def run_case(
+@dataclass
+class Case:
+    """One library's model, input and step, ready to time."""
+
+    library: str
+    record: dict
+    model: nn.Module
+    fn: Callable[[], None]
+    times: list[float] = field(default_factory=list)
+
+
+def prepare_case(
     library: str,
     make: Callable[[], nn.Module],
     shape: tuple[int, ...],
@@ -82,13 +84,14 @@ def run_case(
     channels_last: bool,
     train: bool,
     compile_: bool,
-    iters: int,
     warmup: int,
-) -> dict:
+) -> Case:
+    """Build the model, input and optimizer, warm up, and (CUDA) measure this case's peak memory: the
+    most allocated during one step beyond what was allocated before it was built (other cases' models)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     record = dict(
         library=library,
         shape=list(shape),
@@ -99,6 +102,8 @@ def run_case(
     )
     torch.manual_seed(0)
     model = make().to(device)
+    if hasattr(model, "set_channels_last"):
+        model.set_channels_last(channels_last)  # smp3d: exactly the layout this row is labelled with
     x = torch.randn(*shape, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -122,27 +127,57 @@ def run_case(
             runner(x)
 
     fn = step if train else infer
-    seconds = median_time(fn, device, iters, warmup)
-    flops = plain_flops = count_flops(fn)
-    if library == "smp3d" and not compile_:
+    for _ in range(max(warmup, 1 if device.type == "cuda" else 0)):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        record["peak_gib"] = round((torch.cuda.max_memory_allocated(device) - before) / 2**30, 2)
+    return Case(library, record, model, fn)
+
+
+def time_cases(cases: list[Case], device: torch.device, iters: int) -> None:
+    """Time the cases round-robin, one run of each per round, so that a drifting machine (clock,
+    neighbours, temperature) weighs on every library alike; each keeps its own list of times."""
+    for _ in range(iters):
+        for case in cases:
+            _sync(device)
+            start = time.perf_counter()
+            case.fn()
+            _sync(device)
+            case.times.append(time.perf_counter() - start)
+
+
+def finish_case(case: Case) -> dict:
+    """The case's record: median time, FLOPs (and smp3d's without its fused path), TFLOP/s, parameters."""
+    seconds = statistics.median(case.times)
+    flops = plain_flops = count_flops(case.fn)
+    if case.library == "smp3d" and not case.record["compiled"]:
         # smp3d's fused decoder path executes fewer FLOPs; the plain computation must count the same
         # as the other library's (the proof that the architectures match), and TFLOP/s use it.
         from smp3d.layers import set_fused_upsample
 
-        if set_fused_upsample(model, False):
-            plain_flops = count_flops(fn)
-            set_fused_upsample(model, True)
-    record.update(
+        if set_fused_upsample(case.model, False):
+            plain_flops = count_flops(case.fn)
+            set_fused_upsample(case.model, True)
+    case.record.update(
         flops=flops,
         ms=round(seconds * 1e3, 2),
         gflop=round(flops / 1e9, 1),
         gflop_plain=round(plain_flops / 1e9, 1),
         tflops=round(plain_flops / seconds / 1e12, 2),
-        params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        params_m=round(sum(p.numel() for p in case.model.parameters()) / 1e6, 2),
     )
-    if device.type == "cuda":
-        record["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    return record
+    return case.record
+
+
+def run_case(library, make, shape, device, dtype, channels_last, train, compile_, iters, warmup) -> dict:  # noqa: ANN001
+    """One library alone (the same steps as a round-robin of one)."""
+    case = prepare_case(library, make, shape, device, dtype, channels_last, train, compile_, warmup)
+    time_cases([case], device, iters)
+    return finish_case(case)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -167,6 +202,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _failed(library: str, encoder: str, exc: Exception) -> dict:
+    record = dict(library=library, model=f"Unet({encoder})", error=f"{type(exc).__name__}: {exc}"[:300])
+    print(json.dumps(record), flush=True)
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -189,19 +230,27 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(torch.bfloat16, True), (torch.bfloat16, False), (None, False)] if gpu else [(None, False)]
     rows: list[dict] = []
     for encoder in args.encoders:
-        for library, make in builders(encoder).items():
-            for dtype, channels_last in configs:
-                for train in (True, False):
-                    for compile_ in (False, True) if args.compile else (False,):
+        libraries = builders(encoder)
+        for dtype, channels_last in configs:
+            for train in (True, False):
+                for compile_ in (False, True) if args.compile else (False,):
+                    cases = []
+                    for library, make in libraries.items():
                         try:
-                            record = run_case(
-                                library, make, shape, device, dtype, channels_last, train, compile_, iters, warmup
+                            cases.append(
+                                prepare_case(
+                                    library, make, shape, device, dtype, channels_last, train, compile_, warmup
+                                )
                             )
                         except Exception as exc:  # noqa: BLE001 - report and go on with the other cases
-                            record = dict(library=library, error=f"{type(exc).__name__}: {exc}"[:300])
+                            rows.append(_failed(library, encoder, exc))
+                    time_cases(cases, device, iters)
+                    for case in cases:
+                        record = finish_case(case)
                         record["model"] = f"Unet({encoder})"
                         rows.append(record)
                         print(json.dumps(record), flush=True)
+                    del cases
     if args.markdown:
         print(markdown([r for r in rows if "ms" in r]))
     if args.out:

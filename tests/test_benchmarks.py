@@ -28,3 +28,11 @@ def test_markdown_pairs_libraries_and_gives_the_ratio():
     common = dict(model="Unet(x)", mode="train", dtype="float32", channels_last=False, compiled=False, gflop=1.0)
     table = bench.markdown([dict(common, library="smp3d", ms=50.0), dict(common, library="smp-3d", ms=100.0)])
     assert "| Unet(x) | train | float32 | False | False | 50.0 | 100.0 | 2.00 | 1.0, 1.0 |" in table
+
+
+def test_libraries_take_turns():
+    bench = _load()
+    calls = []
+    cases = [bench.Case(name, {}, nn.Identity(), lambda name=name: calls.append(name)) for name in ("a", "b")]
+    bench.time_cases(cases, torch.device("cpu"), iters=3)
+    assert calls == ["a", "b"] * 3 and all(len(case.times) == 3 for case in cases)
