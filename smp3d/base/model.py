@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from . import checkpointing
 from . import initialization as init
 from .checks import check_input
 from .hub import SegmentationHubMixin
@@ -44,6 +45,46 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         super().__init__()
         self._is_encoder_frozen = False
         self._channels_last: bool | None = None
+        self._checkpointing = {"encoder": False, "decoder": False}
+
+    # -- activation checkpointing --------------------------------------------------------------
+
+    @property
+    def encoder_checkpointing(self) -> bool:
+        """Whether the encoder's blocks recompute their activations in backward instead of keeping them
+        (see :mod:`smp3d.base.checkpointing`). Assign to switch it."""
+        return self._checkpointing["encoder"]
+
+    @encoder_checkpointing.setter
+    def encoder_checkpointing(self, enabled: bool) -> None:
+        self.set_checkpointing(encoder=enabled)
+
+    @property
+    def decoder_checkpointing(self) -> bool:
+        """Whether the decoder's blocks recompute their activations in backward. Assign to switch it."""
+        return self._checkpointing["decoder"]
+
+    @decoder_checkpointing.setter
+    def decoder_checkpointing(self, enabled: bool) -> None:
+        self.set_checkpointing(decoder=enabled)
+
+    def set_checkpointing(self, encoder: bool | None = None, decoder: bool | None = None) -> SegmentationModel:
+        """Turn activation checkpointing of the encoder and/or decoder on or off (``None``: leave it).
+
+        Training memory falls to the blocks' inputs for about one more forward pass of compute;
+        outputs, gradients and normalization statistics are those of an ordinary step. Returns the model.
+        """
+        for part, enabled, units in (
+            ("encoder", encoder, lambda: checkpointing.encoder_units(self.encoder)),
+            ("decoder", decoder, lambda: checkpointing.decoder_units(self.decoder)),
+        ):
+            if enabled is None:
+                continue
+            if not isinstance(enabled, bool):
+                raise ValueError(f"{part} checkpointing must be True or False, got {enabled!r}.")
+            checkpointing.set_checkpointed(units(), enabled)
+            self._checkpointing[part] = enabled
+        return self
 
     # -- memory format -------------------------------------------------------------------------
 
