@@ -8,6 +8,7 @@ torch.Size([1, 3, 64, 64, 64])
 
 from . import inference, layers, losses, metrics
 from .base import SegmentationModel
+from .base.fold import fold_batchnorm
 from .base.hub import from_pretrained
 from .decoders import (
     FPN,
@@ -60,6 +61,7 @@ __all__ = [
     "WeightSource",
     "__version__",
     "create_model",
+    "fold_batchnorm",
     "from_pretrained",
     "get_encoder",
     "get_encoder_spec",
