@@ -36,3 +36,12 @@ def test_libraries_take_turns():
     cases = [bench.Case(name, {}, nn.Identity(), lambda name=name: calls.append(name)) for name in ("a", "b")]
     bench.time_cases(cases, torch.device("cpu"), iters=3)
     assert calls == ["a", "b"] * 3 and all(len(case.times) == 3 for case in cases)
+
+
+def test_fast_path_variants_add_one_switch_each():
+    fast = repo_scripts.load("benchmarks/fast_paths.py")
+    names = [v["name"] for v in fast.variants(train=False, compile_=True)]
+    assert names == ["plain", "+split", "+fused", "+channels_last", "+fold_bn", "+compile"]
+    assert [v["name"] for v in fast.variants(train=True, compile_=False)][-1] == "+channels_last"
+    step = fast.build("resnet18", fast.variants(True, False)[2], (1, 1, 32, 32, 32), torch.device("cpu"), None, True)
+    step()  # one real training step of the fused variant

@@ -265,3 +265,14 @@ def test_nearest_interpolation_keeps_bfloat16_under_autocast():
         linear = layers.interpolate(x.float(), (8, 8, 8), "trilinear", align_corners=False)
     assert out.dtype == torch.bfloat16 and torch.equal(out, F.interpolate(x, size=(8, 8, 8), mode="nearest"))
     assert linear.dtype == torch.float32
+
+
+def test_split_can_be_switched_off():
+    x, w = torch.empty(1, 64, 16, 16, 16), torch.empty(64, 64, 3, 3, 3)
+    args = ((1, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    assert layers.set_split_conv(False) is True
+    try:
+        assert not splits_for_onednn(x, w, *args)
+    finally:
+        layers.set_split_conv(True)
+    assert splits_for_onednn(x, w, *args)

@@ -10,7 +10,7 @@ from .blocks import (
     create_activation,
     create_norm,
 )
-from .conv import Conv1d, Conv2d, Conv3d, conv_nd
+from .conv import Conv1d, Conv2d, Conv3d, conv_nd, set_split_conv
 from .factories import (
     adaptive_avg_pool,
     adaptive_max_pool,
@@ -59,6 +59,7 @@ __all__ = [
     "max_pool",
     "phase_kernels",
     "set_fused_upsample",
+    "set_split_conv",
     "strided_pool",
     "upsample_conv",
 ]

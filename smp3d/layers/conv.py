@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "conv_nd", "splits_for_onednn"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "conv_nd", "set_split_conv", "splits_for_onednn"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -35,6 +35,14 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _NATIVE_LIMIT = 20480
 # Outputs smaller than this many voxels run as fast natively (measured, see the module docstring).
 _MIN_OUTPUT_VOXELS = 512
+_ENABLED = [True]
+
+
+def set_split_conv(enabled: bool) -> bool:
+    """Turn the batch-1 CPU split on or off for the whole process (for comparisons); returns the previous setting."""
+    previous = _ENABLED[0]
+    _ENABLED[0] = bool(enabled)
+    return previous
 
 
 def _output_size(size: Sequence[int], kernel: Sequence[int], stride, padding, dilation) -> list[int]:
@@ -53,7 +61,14 @@ def splits_for_onednn(
     groups: int,
 ) -> bool:
     """Whether :func:`conv_nd` runs this convolution as two halves (see the module docstring)."""
-    if x.dim() != 5 or x.shape[0] != 1 or groups != 1 or x.device.type != "cpu" or x.dtype != torch.float32:
+    if (
+        not _ENABLED[0]
+        or x.dim() != 5
+        or x.shape[0] != 1
+        or groups != 1
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+    ):
         return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
