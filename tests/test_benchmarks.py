@@ -43,5 +43,5 @@ def test_fast_path_variants_add_one_switch_each():
     names = [v["name"] for v in fast.variants(train=False, compile_=True)]
     assert names == ["plain", "+split", "+fused", "+channels_last", "+fold_bn", "+compile"]
     assert [v["name"] for v in fast.variants(train=True, compile_=False)][-1] == "+channels_last"
-    step = fast.build("resnet18", fast.variants(True, False)[2], (1, 1, 32, 32, 32), torch.device("cpu"), None, True)
+    step = fast.build("resnet18", fast.variants(True, False)[2], (2, 1, 32, 32, 32), torch.device("cpu"), None, True)
     step()  # one real training step of the fused variant
