@@ -5,8 +5,8 @@
 The method is the anchors' (``shared/bench/anchors_gpu.py``): the same architecture built by each library,
 the same input, an AdamW step (forward, ``mean()`` loss in float32, backward, step) or an inference forward,
 the median of ``--iters`` timed runs after ``--warmup`` runs (CUDA synchronised after each; the libraries
-take turns, one run each per round, so that drift of a shared machine weighs on all alike), FLOPs counted
-with ``torch.utils.flop_counter.FlopCounterMode`` (smp3d's with its fused decoder path switched off too: equal
+take turns in 3 rounds, each starting with one untimed run, so that drift of a shared machine weighs on all
+alike), FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` (smp3d's with its fused decoder path switched off too: equal
 FLOPs there prove the architectures match; TFLOP/s use that count), peak CUDA memory. Each row is printed
 as JSON; ``--out FILE`` writes them all, ``--markdown`` prints a table with the ratio ``theirs / ours``
 (above 1: smp3d is faster).
@@ -138,16 +138,22 @@ def prepare_case(
     return Case(library, record, model, fn)
 
 
-def time_cases(cases: list[Case], device: torch.device, iters: int) -> None:
-    """Time the cases round-robin, one run of each per round, so that a drifting machine (clock,
-    neighbours, temperature) weighs on every library alike; each keeps its own list of times."""
-    for _ in range(iters):
+def time_cases(cases: list[Case], device: torch.device, iters: int, rounds: int = 3) -> None:
+    """Time ``iters`` runs of each case, in ``rounds`` turns: in each round every case runs once untimed
+    (to settle its allocations and caches after the other case ran) and then its share of the timed runs.
+    Drift of a shared machine (clock, neighbours, temperature) thus weighs on every library alike, while
+    each is timed in its own steady state, as when run alone."""
+    rounds = max(1, min(rounds, iters))
+    for r in range(rounds):
+        share = iters // rounds + (1 if r < iters % rounds else 0)
         for case in cases:
-            _sync(device)
-            start = time.perf_counter()
             case.fn()
-            _sync(device)
-            case.times.append(time.perf_counter() - start)
+            for _ in range(share):
+                _sync(device)
+                start = time.perf_counter()
+                case.fn()
+                _sync(device)
+                case.times.append(time.perf_counter() - start)
 
 
 def finish_case(case: Case) -> dict:

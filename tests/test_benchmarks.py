@@ -34,8 +34,10 @@ def test_libraries_take_turns():
     bench = _load()
     calls = []
     cases = [bench.Case(name, {}, nn.Identity(), lambda name=name: calls.append(name)) for name in ("a", "b")]
-    bench.time_cases(cases, torch.device("cpu"), iters=3)
-    assert calls == ["a", "b"] * 3 and all(len(case.times) == 3 for case in cases)
+    bench.time_cases(cases, torch.device("cpu"), iters=4, rounds=2)
+    # each round: one untimed settling run, then this round's share of the timed runs
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert all(len(case.times) == 4 for case in cases)
 
 
 def test_fast_path_variants_add_one_switch_each():
