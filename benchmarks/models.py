@@ -4,12 +4,12 @@
 
 The method is the anchors' (``shared/bench/anchors_gpu.py``): the same architecture built by each library,
 the same input, an AdamW step (forward, ``mean()`` loss in float32, backward, step) or an inference forward,
-the median of ``--iters`` timed runs after ``--warmup`` runs (CUDA synchronised after each; the libraries
-take turns in 3 rounds, each starting with one untimed run, so that drift of a shared machine weighs on all
-alike), FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` (smp3d's with its fused decoder path switched off too: equal
-FLOPs there prove the architectures match; TFLOP/s use that count), peak CUDA memory. Each row is printed
-as JSON; ``--out FILE`` writes them all, ``--markdown`` prints a table with the ratio ``theirs / ours``
-(above 1: smp3d is faster).
+the median of ``--iters`` timed runs after ``--warmup`` runs, CUDA synchronised after each. Each library runs
+alone, and they take turns in ``--rounds`` rounds so that drift of a shared machine weighs on all alike.
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``; smp3d's also with its fused decoder path
+switched off, where equal FLOPs prove the architectures match (TFLOP/s use that count). Peak CUDA memory
+is measured per library. Each row is printed as JSON; ``--out FILE`` writes them all, ``--markdown`` prints
+a table with the ratio ``theirs / ours`` (above 1: smp3d is faster).
 
     python benchmarks/models.py --device cpu                  # 1x1x64^3, float32: the CPU targets
     python benchmarks/models.py                                # CUDA: 2x1x128^3, bf16, channels_last_3d
@@ -23,6 +23,7 @@ efficientnet-pytorch==0.7.1 six munch``. A library that is not installed is skip
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import statistics
@@ -138,22 +139,41 @@ def prepare_case(
     return Case(library, record, model, fn)
 
 
-def time_cases(cases: list[Case], device: torch.device, iters: int, rounds: int = 3) -> None:
-    """Time ``iters`` runs of each case, in ``rounds`` turns: in each round every case runs once untimed
-    (to settle its allocations and caches after the other case ran) and then its share of the timed runs.
-    Drift of a shared machine (clock, neighbours, temperature) thus weighs on every library alike, while
-    each is timed in its own steady state, as when run alone."""
+def time_case(case: Case, device: torch.device, runs: int) -> None:
+    for _ in range(runs):
+        _sync(device)
+        start = time.perf_counter()
+        case.fn()
+        _sync(device)
+        case.times.append(time.perf_counter() - start)
+
+
+def measure(preparers: dict[str, Callable[[], Case]], device: torch.device, iters: int, rounds: int) -> list[dict]:
+    """Time ``iters`` runs of each library in ``rounds`` turns, only one library's model alive at a time.
+
+    Each round builds each library's case afresh (with its warm-up), times its share of the runs and
+    frees it before the next library, so every library runs alone, as the anchors' method has it, while
+    drift of a shared machine (clock, neighbours, temperature) is spread over all libraries alike.
+    Keeping both models alive and alternating them slowed both, smp-3d more, so that is not done.
+    """
     rounds = max(1, min(rounds, iters))
+    times: dict[str, list[float]] = {name: [] for name in preparers}
+    records: dict[str, dict] = {}
     for r in range(rounds):
         share = iters // rounds + (1 if r < iters % rounds else 0)
-        for case in cases:
-            case.fn()
-            for _ in range(share):
-                _sync(device)
-                start = time.perf_counter()
-                case.fn()
-                _sync(device)
-                case.times.append(time.perf_counter() - start)
+        for name, prepare in preparers.items():
+            try:
+                case = prepare()
+                time_case(case, device, share)
+                times[name] += case.times
+                if r == rounds - 1:
+                    case.times = times[name]
+                    records[name] = finish_case(case)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other libraries
+                records[name] = dict(library=name, error=f"{type(exc).__name__}: {exc}"[:300])
+            case = None
+            gc.collect()
+    return [records[name] for name in preparers]
 
 
 def finish_case(case: Case) -> dict:
@@ -180,10 +200,9 @@ def finish_case(case: Case) -> dict:
 
 
 def run_case(library, make, shape, device, dtype, channels_last, train, compile_, iters, warmup) -> dict:  # noqa: ANN001
-    """One library alone (the same steps as a round-robin of one)."""
-    case = prepare_case(library, make, shape, device, dtype, channels_last, train, compile_, warmup)
-    time_cases([case], device, iters)
-    return finish_case(case)
+    """One library alone, in one round."""
+    prepare = lambda: prepare_case(library, make, shape, device, dtype, channels_last, train, compile_, warmup)  # noqa: E731
+    return measure({library: prepare}, device, iters, rounds=1)[0]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -221,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs="+", default=None, help="input shape (default by device)")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="turns the libraries take (eager cases)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--out", default=None)
@@ -240,23 +260,17 @@ def main(argv: list[str] | None = None) -> int:
         for dtype, channels_last in configs:
             for train in (True, False):
                 for compile_ in (False, True) if args.compile else (False,):
-                    cases = []
-                    for library, make in libraries.items():
-                        try:
-                            cases.append(
-                                prepare_case(
-                                    library, make, shape, device, dtype, channels_last, train, compile_, warmup
-                                )
-                            )
-                        except Exception as exc:  # noqa: BLE001 - report and go on with the other cases
-                            rows.append(_failed(library, encoder, exc))
-                    time_cases(cases, device, iters)
-                    for case in cases:
-                        record = finish_case(case)
+                    preparers = {
+                        library: functools.partial(
+                            prepare_case, library, make, shape, device, dtype, channels_last, train, compile_, warmup
+                        )
+                        for library, make in libraries.items()
+                    }
+                    # Compiled cases compile once per build: one round.
+                    for record in measure(preparers, device, iters, rounds=1 if compile_ else args.rounds):
                         record["model"] = f"Unet({encoder})"
                         rows.append(record)
                         print(json.dumps(record), flush=True)
-                    del cases
     if args.markdown:
         print(markdown([r for r in rows if "ms" in r]))
     if args.out:

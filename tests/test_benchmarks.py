@@ -30,20 +30,18 @@ def test_markdown_pairs_libraries_and_gives_the_ratio():
     assert "| Unet(x) | train | float32 | False | False | 50.0 | 100.0 | 2.00 | 1.0, 1.0 |" in table
 
 
-def test_libraries_take_turns():
+def test_libraries_take_turns_one_alive_at_a_time():
     bench = _load()
-    calls = []
-    cases = [bench.Case(name, {}, nn.Identity(), lambda name=name: calls.append(name)) for name in ("a", "b")]
-    bench.time_cases(cases, torch.device("cpu"), iters=4, rounds=2)
-    # each round: one untimed settling run, then this round's share of the timed runs
-    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
-    assert all(len(case.times) == 4 for case in cases)
+    events = []
 
+    def preparer(name):
+        def prepare():
+            events.append(f"build {name}")
+            return bench.Case(name, {"library": name, "compiled": False}, nn.Identity(), lambda: events.append(name))
 
-def test_fast_path_variants_add_one_switch_each():
-    fast = repo_scripts.load("benchmarks/fast_paths.py")
-    names = [v["name"] for v in fast.variants(train=False, compile_=True)]
-    assert names == ["plain", "+split", "+fused", "+channels_last", "+fold_bn", "+compile"]
-    assert [v["name"] for v in fast.variants(train=True, compile_=False)][-1] == "+channels_last"
-    step = fast.build("resnet18", fast.variants(True, False)[2], (2, 1, 32, 32, 32), torch.device("cpu"), None, True)
-    step()  # one real training step of the fused variant
+        return prepare
+
+    rows = bench.measure({"a": preparer("a"), "b": preparer("b")}, torch.device("cpu"), iters=4, rounds=2)
+    # (finish_case's FLOP count runs each step once more, in the last round)
+    assert events == ["build a", "a", "a", "build b", "b", "b", "build a", "a", "a", "a", "build b", "b", "b", "b"]
+    assert [r["library"] for r in rows] == ["a", "b"] and all(r["ms"] >= 0 for r in rows)
