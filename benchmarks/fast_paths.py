@@ -9,7 +9,8 @@ Variants (each adds one thing to the one before it, so each row's gain is that s
 - ``+fold_bn`` (inference only): ``smp3d.fold_batchnorm``;
 - ``+compile`` (``--compile``): ``torch.compile`` of the last variant.
 
-The timing is ``benchmarks/models.py``'s (the variants take turns, median of ``--iters`` rounds).
+The timing is ``benchmarks/models.py``'s: each variant runs alone, the variants take turns in ``--rounds``
+rounds, and each figure is the median of ``--iters`` runs.
 
     python benchmarks/fast_paths.py --device cpu                  # 1x1x64^3, float32
     python benchmarks/fast_paths.py                               # CUDA: 2x1x128^3, bf16 autocast
@@ -20,15 +21,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
-import statistics
-import time
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 import smp3d
 from smp3d.layers import set_fused_upsample, set_split_conv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import Case, measure  # noqa: E402 - the sibling script, for its timing method
 
 
 @contextlib.contextmanager
@@ -54,7 +59,7 @@ def variants(train: bool, compile_: bool) -> list[dict]:
     return rows
 
 
-def build(encoder: str, variant: dict, shape, device, dtype, train: bool) -> Callable[[], None]:  # noqa: ANN001
+def build(encoder: str, variant: dict, shape, device, dtype, train: bool) -> Case:  # noqa: ANN001
     torch.manual_seed(0)
     model = smp3d.Unet(encoder, encoder_weights=None, in_channels=shape[1], classes=2).to(device)
     set_fused_upsample(model, variant["fused"])
@@ -80,7 +85,16 @@ def build(encoder: str, variant: dict, shape, device, dtype, train: bool) -> Cal
         with split(variant["split"]), torch.inference_mode(), torch.autocast(**autocast):
             runner(x)
 
-    return step if train else infer
+    fn = step if train else infer
+    fn()  # warm-up (and compilation)
+    record = dict(library=variant["name"], mode="train" if train else "infer", compiled=bool(variant.get("compile")))
+    if device.type == "cuda":  # only this variant's model is alive (see models.measure)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        record["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return Case(variant["name"], record, model, fn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default="resnet34")
     parser.add_argument("--shape", type=int, nargs="+", default=None)
     parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -103,27 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {device}, torch {torch.__version__}, Unet({args.encoder}), input {shape}, dtype {dtype or 'float32'}")
     for train in (True, False):
         rows = variants(train, args.compile)
-        runs = [build(args.encoder, row, shape, device, dtype, train) for row in rows]
-        for run in runs:  # warm-up (and compilation)
-            run()
-        times: list[list[float]] = [[] for _ in runs]
-        for _ in range(iters):
-            for run, kept in zip(runs, times, strict=True):
-                if gpu:
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                run()
-                if gpu:
-                    torch.cuda.synchronize(device)
-                kept.append(time.perf_counter() - start)
+        preparers = {
+            row["name"]: functools.partial(build, args.encoder, row, shape, device, dtype, train) for row in rows
+        }
+        records = measure(preparers, device, iters, rounds=1 if args.compile else args.rounds)
         mode = "train" if train else "infer"
-        print(f"\n| {mode} variant | ms | vs plain |\n|---|---:|---:|")
-        base = statistics.median(times[0])
-        for row, kept in zip(rows, times, strict=True):
-            ms = statistics.median(kept) * 1e3
-            print(f"| {row['name']} | {ms:.1f} | {base * 1e3 / ms:.2f}x |", flush=True)
-            results.append(dict(row, mode=mode, ms=round(ms, 2)))
-        del runs
+        print(f"\n| {mode} variant | ms | vs plain | peak GiB |\n|---|---:|---:|---:|")
+        for record in records:
+            speedup = f"{records[0]['ms'] / record['ms']:.2f}x" if "ms" in record else record.get("error")
+            peak = record.get("peak_gib", "-")
+            print(f"| {record['library']} | {record.get('ms', '-')} | {speedup} | {peak} |", flush=True)
+            results.append(record)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": str(device), "shape": list(shape), "rows": results}, f, indent=1)

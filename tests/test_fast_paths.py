@@ -121,10 +121,17 @@ def test_upsample_conv_equals_interpolate_cat_conv(scale, skip_channels, bias):
     _assert_same_grads(out, expected, [x, w, b, skip], 1e-12)
 
 
-def test_upsample_conv_keeps_channels_last():
-    x = torch.randn(1, 4, 8, 8, 8).contiguous(memory_format=torch.channels_last_3d)
-    out = layers.upsample_conv(x, torch.randn(6, 4, 3, 3, 3), None, (2, 2, 2))
-    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+@pytest.mark.parametrize("skip_channels", [0, 3])
+def test_upsample_conv_keeps_channels_last(skip_channels):
+    cl = torch.channels_last_3d
+    x, w = torch.randn(1, 4, 8, 6, 8), torch.randn(6, 4 + skip_channels, 3, 3, 3)
+    skip = torch.randn(1, skip_channels, 16, 12, 8) if skip_channels else None
+    expected = layers.upsample_conv(x, w, None, (2, 2, 1), skip)
+    out = layers.upsample_conv(
+        x.contiguous(memory_format=cl), w, None, (2, 2, 1), None if skip is None else skip.contiguous(memory_format=cl)
+    )
+    assert out.is_contiguous(memory_format=cl) and not expected.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_phase_kernels_count_the_taps():

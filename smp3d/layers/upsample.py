@@ -17,7 +17,6 @@ differentiates it as usual; :func:`upsample_conv` checks what it is given and
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
@@ -96,16 +95,20 @@ def phase_kernels(weight: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:
 
     ``weight`` is ``(O, I, 3, ..., 3)``; the result is ``(P·O, I, t_1, ..., t_n)`` with ``t = 2`` along
     upsampled axes and 3 elsewhere, ``P = 2^(upsampled axes)`` phases, phase-major in
-    ``itertools.product`` order of the per-axis phases (0 = even rows, 1 = odd rows).
+    ``itertools.product`` order of the per-axis phases: 0 = odd output rows, 1 = even output rows.
+
+    With that order, interleaving the phase outputs ``(odd[j], even[j])`` for ``j = 0..n`` and dropping the
+    first and last row gives ``even[0], odd[1], even[1], ..., odd[n]``, the output rows in order, so the
+    result is assembled by one reshape and one crop (see :func:`upsample_conv`).
     """
     kernels = weight[None]  # (P, O, I, *taps)
     for axis, s in enumerate(scale):
         if s == 1:
             continue
         w0, w1, w2 = kernels.unbind(3 + axis)
-        even = torch.stack([w0, w1 + w2], 3 + axis)
-        odd = torch.stack([w0 + w1, w2], 3 + axis)
-        kernels = torch.stack([even, odd], 1).flatten(0, 1)
+        odd = torch.stack([w0 + w1, w2], 3 + axis)  # rows 2i+1 read x[i], x[i+1]
+        even = torch.stack([w0, w1 + w2], 3 + axis)  # rows 2i read x[i-1], x[i]
+        kernels = torch.stack([odd, even], 1).flatten(0, 1)
     return kernels.flatten(0, 1)
 
 
@@ -146,34 +149,40 @@ def upsample_conv(
         )
     if skip is not None and skip.shape[1] == 0:
         skip = None  # a placeholder level of the encoder: nothing to concatenate
-    batch, cx, out_channels = x.shape[0], x.shape[1], weight.shape[0]
+    cx, out_channels = x.shape[1], weight.shape[0]
     ones = (1,) * spatial
     phases = conv_nd(x, phase_kernels(weight[:, :cx], scale), None, ones, ones, ones)
-    if skip is None:
-        y = torch.empty((batch, out_channels, *size), dtype=phases.dtype, device=phases.device,
-                        memory_format=_memory_format(phases))  # fmt: skip
+    layout = _memory_format(x)  # the output keeps x's layout, whatever the convolutions returned
+    y = _interleave(phases, out_channels, scale, layout)
+    if skip is not None:
+        return (conv_nd(skip, weight[:, cx:], bias, ones, ones, ones) + y).contiguous(memory_format=layout)
+    y = y.contiguous(memory_format=layout)
+    return y if bias is None else y + bias.view(-1, *ones)
+
+
+def _interleave(
+    phases: torch.Tensor, out_channels: int, scale: Sequence[int], layout: torch.memory_format
+) -> torch.Tensor:
+    """The output rows from the phase outputs ``(B, P·O, *m)``: one reshape (copy) and a crop (view).
+
+    Along an upsampled axis ``m = n + 1`` and the phases are (odd, even) (see :func:`phase_kernels`), so
+    the ``2n + 2`` interleaved rows lose their first and last; other axes have no phase and ``m = n``.
+    The copy writes ``layout`` (contiguous or channels-last).
+    """
+    batch, spatial = phases.shape[0], phases.dim() - 2
+    upsampled = [a for a in range(spatial) if scale[a] == 2]
+    z = phases.view(batch, *[2] * len(upsampled), out_channels, *phases.shape[2:])
+    first_axis = 2 + len(upsampled)  # where the spatial axes start in z
+    rows = []  # per spatial axis: its rows, then its phase if it has one
+    for a in range(spatial):
+        rows.append(first_axis + a)
+        if a in upsampled:
+            rows.append(1 + upsampled.index(a))
+    sizes = [m * s for m, s in zip(phases.shape[2:], scale, strict=True)]
+    channel = 1 + len(upsampled)
+    if layout == torch.contiguous_format:
+        z = z.permute(0, channel, *rows).reshape(batch, out_channels, *sizes)
     else:
-        y = conv_nd(skip, weight[:, cx:], bias, ones, ones, ones)
-        bias = None
-    # y viewed as (B, O, n_1, s_1, n_2, s_2, ...): phase p fills index p of every s axis.
-    split = [batch, out_channels]
-    for n, s in zip(x.shape[2:], scale, strict=True):
-        split += [n, s]
-    rows = y.view(split)
-    # One view per phase (unbind's backward is one stack, where slicing the channels would
-    # zero-fill a full-size gradient per phase).
-    parts = phases.unflatten(1, (-1, out_channels)).unbind(1)
-    for part, phase in zip(parts, itertools.product(*[range(s) for s in scale]), strict=True):
-        source: list[slice | int] = [slice(None), slice(None)]
-        target: list[slice | int] = [slice(None), slice(None)]
-        for p, n, s in zip(phase, x.shape[2:], scale, strict=True):
-            # The 2-tap conv's output j covers input rows j-1, j: even rows use j = i, odd rows j = i + 1.
-            offset = p if s == 2 else 0
-            source.append(slice(offset, offset + n))
-            target += [slice(None), p]
-        part = part[tuple(source)]
-        if skip is not None:
-            rows[tuple(target)].add_(part)
-        else:
-            rows[tuple(target)].copy_(part if bias is None else part + bias.view(-1, *ones))
-    return y
+        z = z.permute(0, *rows, channel).reshape(batch, *sizes, out_channels).movedim(-1, 1)
+    crop = tuple(slice(1, -1) if s == 2 else slice(None) for s in scale)
+    return z[(slice(None), slice(None), *crop)]
