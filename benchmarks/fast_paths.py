@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ import smp3d
 from smp3d.layers import set_fused_upsample, set_split_conv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import Case, measure  # noqa: E402 - the sibling script, for its timing method
+from models import Case, add_common_arguments, device_and_shape, measure, write_rows  # noqa: E402 - the sibling script, for its timing method
 
 
 @contextlib.contextmanager
@@ -99,19 +98,11 @@ def build(encoder: str, variant: dict, shape, device, dtype, train: bool) -> Cas
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(parser)
     parser.add_argument("--encoder", default="resnet34")
-    parser.add_argument("--shape", type=int, nargs="+", default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device, shape = device_and_shape(args)
     gpu = device.type == "cuda"
-    if gpu:
-        torch.backends.cudnn.benchmark = True
-    shape = tuple(args.shape or ((2, 1, 128, 128, 128) if gpu else (1, 1, 64, 64, 64)))
     dtype = torch.bfloat16 if gpu else None
     iters = args.iters or (10 if gpu else 7)
     results = []
@@ -130,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {record['library']} | {record.get('ms', '-')} | {speedup} | {peak} |", flush=True)
             results.append(record)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": str(device), "shape": list(shape), "rows": results}, f, indent=1)
+        write_rows(args.out, device, shape, results)
     return 0
 
 

@@ -227,6 +227,31 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark script here shares."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", type=int, nargs="+", default=None, help="input shape (default by device)")
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="turns the cases take (eager cases)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    parser.add_argument("--out", default=None)
+
+
+def device_and_shape(args: argparse.Namespace) -> tuple[torch.device, tuple[int, ...]]:
+    """The device (cuDNN autotuning on for CUDA) and the input shape: the anchors' 2x1x128^3 on CUDA,
+    1x1x64^3 on CPU, unless ``--shape`` says otherwise."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    shape = tuple(args.shape or ((2, 1, 128, 128, 128) if device.type == "cuda" else (1, 1, 64, 64, 64)))
+    return device, shape
+
+
+def write_rows(path: str, device: torch.device, shape: tuple[int, ...], rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"device": str(device), "torch": torch.__version__, "shape": list(shape), "rows": rows}, f, indent=1)
+
+
 def _failed(library: str, encoder: str, exc: Exception) -> dict:
     record = dict(library=library, model=f"Unet({encoder})", error=f"{type(exc).__name__}: {exc}"[:300])
     print(json.dumps(record), flush=True)
@@ -235,21 +260,13 @@ def _failed(library: str, encoder: str, exc: Exception) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(parser)
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS))
-    parser.add_argument("--shape", type=int, nargs="+", default=None, help="input shape (default by device)")
-    parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=3, help="turns the libraries take (eager cases)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device, shape = device_and_shape(args)
     gpu = device.type == "cuda"
-    if gpu:
-        torch.backends.cudnn.benchmark = True
-    shape = tuple(args.shape or ((2, 1, 128, 128, 128) if gpu else (1, 1, 64, 64, 64)))
     iters = args.iters or (10 if gpu else 5)
     warmup = args.warmup or (3 if gpu else 1)
     # GPU: the anchors' configurations; CPU: float32 eager only (the CPU target).
@@ -274,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(markdown([r for r in rows if "ms" in r]))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": str(device), "shape": list(shape), "rows": rows}, f, indent=1)
+        write_rows(args.out, device, shape, rows)
     return 0
 
 
