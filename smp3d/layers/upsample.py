@@ -12,7 +12,7 @@ ordinary convolution whose output the phases are added into.
 
 The result is the same function (the same parameters, the sums in another order) and autograd
 differentiates it as usual; :func:`upsample_conv` checks what it is given and
-``tests/test_upsample_conv.py`` compares it with interpolate → cat → conv, values and gradients.
+``tests/test_fast_paths.py`` compares it with interpolate → cat → conv, values and gradients.
 """
 
 from __future__ import annotations
