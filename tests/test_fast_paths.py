@@ -283,3 +283,19 @@ def test_split_can_be_switched_off():
     finally:
         layers.set_split_conv(True)
     assert splits_for_onednn(x, w, *args)
+
+
+def test_fused_channels_last_model_under_bf16_autocast():
+    # The CUDA defaults (channels_last, fused decoder, bf16 autocast), run on the CPU.
+    torch.manual_seed(0)
+    model = smp3d.Unet("resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), in_channels=1, classes=2)
+    model.set_channels_last(True)
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model(x)
+        layers.set_fused_upsample(model, False)
+        plain = model(x)
+    assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=0.05, atol=0.1)
+    fused.float().mean().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
