@@ -386,3 +386,18 @@ def test_flip_axes_and_small_validation_volume(tmp_path, h5_pair, capsys):
         argv(f"train --train-path {h5_pair[0]} --classes 3 --patch 16 --iters 1 --epochs 1 --flip-axes 3"), capsys
     )
     assert code == 2 and "flip axes [3] out of range: the volumes have 3 spatial axes" in err
+
+
+def test_train_with_activation_checkpointing(tmp_path, h5_pair, capsys):
+    ckpt = tmp_path / "ckpt"
+    code, out, err = run(
+        argv(
+            f"train --train-path {h5_pair[0]} --val-path {h5_pair[1]} --classes 3 --patch 16 --batch-size 2 "
+            f"--iters 2 --epochs 1 --checkpointing both --checkpoint-dir {ckpt}"
+        ),
+        capsys,
+    )
+    assert code == 0, err
+    assert "done: 1 epochs, 2 iterations" in out
+    trainer = json.loads((ckpt / "last" / "trainer.json").read_text())
+    assert trainer["config"]["checkpointing"] == "both"

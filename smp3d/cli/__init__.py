@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default="auto")
     run.add_argument("--amp", action="store_true", help="bf16 autocast")
+    run.add_argument(
+        "--checkpointing",
+        choices=("none", "encoder", "decoder", "both"),
+        default="none",
+        help="activation checkpointing: recompute these blocks' activations in backward (less memory)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-progress", action="store_true")
 
@@ -242,6 +248,7 @@ def _run_train(args: argparse.Namespace) -> int:
         checkpoint_dir=str(args.checkpoint_dir) if args.checkpoint_dir else None,
         device=args.device,
         amp=args.amp,
+        checkpointing=args.checkpointing,
         seed=args.seed,
         progress=not args.no_progress,
     )

@@ -70,6 +70,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     channels_last: bool | None = None  # None: on CUDA only
+    checkpointing: str = "none"  # activation checkpointing: none | encoder | decoder | both
     seed: int = 0
     progress: bool = True
 
@@ -292,6 +293,14 @@ def evaluate(
     }
 
 
+CHECKPOINTING = {
+    "none": dict(encoder=False, decoder=False),
+    "encoder": dict(encoder=True, decoder=False),
+    "decoder": dict(encoder=False, decoder=True),
+    "both": dict(encoder=True, decoder=True),
+}
+
+
 def _channels_last(config: TrainConfig, device: torch.device) -> bool:
     if config.channels_last is None:
         return device.type == "cuda" and config.spatial_dims in (2, 3)
@@ -405,7 +414,10 @@ def fit(
             )
     class_names = class_names or [str(c) for c in range(config.classes)]
 
-    model = build_model(config).to(device=device, memory_format=_memory_format(config, device))
+    model = build_model(config)
+    model.set_channels_last(_channels_last(config, device))  # the run's choice, not only the CUDA default
+    model.set_checkpointing(**CHECKPOINTING[config.checkpointing])
+    model = model.to(device=device, memory_format=_memory_format(config, device))
     loss_fn = loss_fn.to(device)
     dataset = PatchDataset(
         train_volumes,
