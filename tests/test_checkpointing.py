@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import smp3d
+from smp3d.base.checkpointing import encoder_units
 
 
 def _model(name="Unet", **kwargs):
@@ -57,8 +58,10 @@ def test_checkpointing_switches_off_and_skips_inference():
     model = _model()
     model.encoder_checkpointing = True
     assert model.encoder_checkpointing and not model.decoder_checkpointing
-    blocks = [m for m in model.encoder.modules() if "forward" in m.__dict__]
-    assert blocks and all(isinstance(m, nn.Module) for m in blocks)
+    wrapped = [m for m in model.modules() if "forward" in m.__dict__]
+    units = encoder_units(model.encoder)
+    # ResNet-18, depth 3: the stem conv, then layer1's and layer2's blocks (the max-pool has no parameters)
+    assert len(units) == 5 and [id(m) for m in wrapped] == [id(m) for m in units]
     model.eval()
     with torch.no_grad():
         model(torch.randn(1, 1, 32, 32, 32))  # eval/no-grad: the plain forward

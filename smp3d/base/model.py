@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from ..layers.factories import channels_last_format
 from . import checkpointing
 from . import initialization as init
 from .checks import check_input
@@ -13,7 +14,10 @@ from .hub import SegmentationHubMixin
 
 __all__ = ["SegmentationModel"]
 
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
+    fmt = channels_last_format(t.dim() - 2)
+    return t if fmt is None else t.contiguous(memory_format=fmt)
 
 
 def _skip_checks() -> bool:
@@ -106,7 +110,7 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
             raise ValueError(f"channels_last must be None (auto: CUDA), True or False; got {enabled!r}.")
         self._channels_last = enabled
         if enabled is False:
-            super()._apply(lambda t: t.contiguous() if t.dim() in _CHANNELS_LAST else t)
+            super()._apply(lambda t: t.contiguous())
         else:
             self._convert_weights()
         return self
@@ -117,9 +121,7 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     def _convert_weights(self) -> None:
         first = next(self.parameters(), None)
         if first is not None and self._wants_channels_last(first.is_cuda):
-            super()._apply(
-                lambda t: t.contiguous(memory_format=_CHANNELS_LAST[t.dim()]) if t.dim() in _CHANNELS_LAST else t
-            )
+            super()._apply(_to_channels_last)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
         # .to() / .cuda() / .half() all come here: keep the weights in the policy's layout after a move.
@@ -129,9 +131,7 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         return module
 
     def _input_memory_format(self, x: torch.Tensor) -> torch.memory_format | None:
-        if x.dim() in _CHANNELS_LAST and self._wants_channels_last(x.is_cuda):
-            return _CHANNELS_LAST[x.dim()]
-        return None
+        return channels_last_format(x.dim() - 2) if self._wants_channels_last(x.is_cuda) else None
 
     def initialize(self) -> None:
         init.initialize_decoder(self.decoder)

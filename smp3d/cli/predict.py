@@ -130,9 +130,7 @@ def run_predict(args: Any) -> int:
     how = trainer.get("normalize", "zscore") if args.normalize is None else args.normalize
     device = resolve_device(args.device, Dist())
     output_device = torch.device(args.output_device) if args.output_device else None
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+    model = model.to(device).eval()  # on CUDA the model keeps itself in channels-last (set_channels_last)
     outputs = output_paths(args.input, args.output)
     for spec, out in zip(args.input, outputs, strict=True):
         volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset)

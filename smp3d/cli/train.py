@@ -307,12 +307,6 @@ def _channels_last(config: TrainConfig, device: torch.device) -> bool:
     return config.channels_last
 
 
-def _memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
-    if not _channels_last(config, device):
-        return torch.contiguous_format
-    return torch.channels_last_3d if config.spatial_dims == 3 else torch.channels_last
-
-
 # -- checkpoints and logs ------------------------------------------------------------------------
 def save_checkpoint(model: nn.Module, directory: Path, config: TrainConfig, extra: dict[str, Any]) -> None:
     model.save_pretrained(directory)  # type: ignore[operator]
@@ -417,7 +411,7 @@ def fit(
     model = build_model(config)
     model.set_channels_last(_channels_last(config, device))  # the run's choice, not only the CUDA default
     model.set_checkpointing(**CHECKPOINTING[config.checkpointing])
-    model = model.to(device=device, memory_format=_memory_format(config, device))
+    model = model.to(device)
     loss_fn = loss_fn.to(device)
     dataset = PatchDataset(
         train_volumes,
@@ -463,7 +457,6 @@ def fit(
     metrics_log = MetricLog(checkpoint_dir if dist_info.main else None, class_names, resume is not None)
     dice_keys = [f"dice_{name}" for name in class_names]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else nullcontext()
-    memory_format = _memory_format(config, device)
     started = time.perf_counter()
     last: dict[str, Any] = {}
     best_state: dict[str, torch.Tensor] | None = None
@@ -483,7 +476,7 @@ def fit(
             file=sys.stderr,
         )
         for image, label in bar:
-            image = image.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            image = image.to(device, non_blocking=True)  # the model converts it to its layout once
             target = to_target(label.to(device, non_blocking=True), config.mode)
             with autocast:
                 logits = train_model(image)

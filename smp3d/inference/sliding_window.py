@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.factories import channels_last_format
 from .windows import (
     BLEND_MODES,
     importance_map,
@@ -286,10 +287,10 @@ def _pad(patches, pad_arguments, padding_mode, cval):
 def _memory_format(channels_last: bool, spatial_dims: int):
     if not channels_last:
         return None
-    formats = {2: torch.channels_last, 3: torch.channels_last_3d}
-    if spatial_dims not in formats:
+    fmt = channels_last_format(spatial_dims)
+    if fmt is None:
         raise ValueError(f"`channels_last=True` needs 2 or 3 spatial axes; the volume has {spatial_dims}.")
-    return formats[spatial_dims]
+    return fmt
 
 
 def _check_prediction(prediction, patches):

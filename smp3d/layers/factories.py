@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .conv import Conv1d, Conv2d, Conv3d
@@ -20,6 +21,7 @@ __all__ = [
     "as_tuple",
     "avg_pool",
     "batch_norm",
+    "channels_last_format",
     "check_spatial_dims",
     "conv",
     "conv_transpose",
@@ -63,6 +65,12 @@ def layer_type(kind: str, spatial_dims: int) -> type[nn.Module]:
     except KeyError:
         raise ValueError(f"Unknown layer kind {kind!r}; expected one of {sorted(_LAYERS)}.") from None
     return classes[check_spatial_dims(spatial_dims) - 1]
+
+
+def channels_last_format(spatial_dims: int) -> torch.memory_format | None:
+    """torch's channels-last memory format for ``spatial_dims`` axes: ``channels_last`` (2D),
+    ``channels_last_3d`` (3D), or None where torch has none."""
+    return {2: torch.channels_last, 3: torch.channels_last_3d}.get(spatial_dims)
 
 
 def conv(spatial_dims: int) -> type[nn.Module]:

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .conv import conv_nd
+from .factories import channels_last_format
 
 __all__ = [
     "FUSED_MIN_VOXELS",
@@ -113,7 +114,7 @@ def phase_kernels(weight: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    channels_last = channels_last_format(t.dim() - 2)
     if channels_last is not None and not t.is_contiguous() and t.is_contiguous(memory_format=channels_last):
         return channels_last
     return torch.contiguous_format

@@ -14,6 +14,7 @@ the multiply-adds of its upsampled part in 3D. ``block.fuse_upsample = False`` (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -74,7 +75,7 @@ class UnetDecoderBlock(nn.Module):
         if (
             self.fuse_upsample
             and all(n * s == m for n, s, m in zip(x.shape[2:], self.scale, size, strict=True))
-            and x[0, 0].numel() >= FUSED_MIN_VOXELS
+            and math.prod(x.shape[2:]) >= FUSED_MIN_VOXELS
         ):
             conv, norm, activation = self.conv1
             x = activation(norm(upsample_conv(x, conv.weight, conv.bias, self.scale, skip)))
