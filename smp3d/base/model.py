@@ -10,6 +10,7 @@ from ..layers.factories import channels_last_format
 from . import checkpointing
 from . import initialization as init
 from .checks import check_input
+from .heads import build_deep_supervision_heads, mask_reduction
 from .hub import SegmentationHubMixin
 
 __all__ = ["SegmentationModel"]
@@ -30,7 +31,10 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     ``segmentation_head`` and ``classification_head`` (or ``None``), then call :meth:`initialize`.
 
     ``forward(x)`` takes ``(B, C, *spatial)`` and returns masks ``(B, classes, *spatial)``, or
-    ``(masks, labels)`` with an auxiliary classification head.
+    ``(masks, labels)`` with an auxiliary classification head. With deep supervision (architectures
+    whose decoder has several resolution levels, ``deep_supervision=True``) a model in training mode
+    returns a list ``[masks, coarser masks ...]`` in place of ``masks``; see
+    :meth:`build_deep_supervision` and :attr:`deep_supervision_reductions`.
 
     Every subclass records its constructor arguments, so any model can be saved and reloaded:
     ``save_pretrained(dir)``, ``from_pretrained(dir_or_repo_id)``, ``push_to_hub(repo_id)``
@@ -41,6 +45,9 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     decoder: nn.Module
     segmentation_head: nn.Module
     classification_head: nn.Module | None
+    #: One 1x1 head per supervised decoder level beyond the first (empty without deep supervision);
+    #: set by :meth:`build_deep_supervision` on architectures whose decoder has several levels.
+    deep_supervision_heads: nn.ModuleList
 
     #: Whether the input's spatial size must be divisible by the encoder's total reduction.
     requires_divisible_input_shape: bool = True
@@ -50,6 +57,7 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         self._is_encoder_frozen = False
         self._channels_last: bool | None = None
         self._checkpointing = {"encoder": False, "decoder": False}
+        self.deep_supervision = False
 
     # -- activation checkpointing --------------------------------------------------------------
 
@@ -133,9 +141,57 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     def _input_memory_format(self, x: torch.Tensor) -> torch.memory_format | None:
         return channels_last_format(x.dim() - 2) if self._wants_channels_last(x.is_cuda) else None
 
+    # -- deep supervision ----------------------------------------------------------------------
+
+    def build_deep_supervision(self, enabled: bool, levels: int | None, classes: int, activation: object) -> None:
+        """Give the model one 1x1 head per supervised decoder level beyond the first (call before
+        :meth:`initialize`).
+
+        ``levels`` is the number of masks ``forward`` returns in training mode, finest first: ``None``
+        (default) means every level of the decoder except the deepest, as nnU-Net trains; the decoder
+        says which levels exist (``level_channels``, ``level_reductions``). Eval mode is unaffected.
+        """
+        owner = type(self).__name__
+        if not isinstance(enabled, bool):
+            raise ValueError(f"{owner}: deep_supervision must be True or False, got {enabled!r}.")
+        self._mask_reduction = mask_reduction(self.decoder, self.segmentation_head)
+        if not enabled:
+            if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)):
+                raise ValueError(f"{owner}: deep_supervision_levels must be None or an int, got {levels!r}.")
+            self.deep_supervision_heads = nn.ModuleList()
+            return
+        self.deep_supervision_heads = build_deep_supervision_heads(
+            self.decoder, levels, classes, activation, self.spatial_dims, owner
+        )
+        self.deep_supervision = True
+
+    @property
+    def deep_supervision_reductions(self) -> tuple[tuple[int, ...], ...]:
+        """Per-axis reduction (w.r.t. the input) of each mask ``forward`` returns in training mode,
+        finest first: the full-resolution mask's (all ones unless ``upsampling`` says otherwise), then
+        one per deep-supervision head. Pass it to :class:`smp3d.losses.DeepSupervisionLoss`."""
+        if not hasattr(self, "_mask_reduction"):
+            raise AttributeError(
+                f"{type(self).__name__} has no deep supervision: its decoder has a single resolution level."
+            )
+        heads = len(self.deep_supervision_heads)
+        coarser = tuple(tuple(r) for r in self.decoder.level_reductions[1 : 1 + heads])
+        return (self._mask_reduction, *coarser)
+
+    @torch.jit.unused  # a scripted model is for inference; the list output is training-only
+    def _deep_supervision_masks(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``[masks, coarser masks ...]`` from one pass of the decoder (training mode only)."""
+        levels = self.decoder.forward_levels(features)
+        masks = [self.segmentation_head(levels[0])]
+        for i, head in enumerate(self.deep_supervision_heads):
+            masks.append(head(levels[i + 1]))
+        return masks
+
     def initialize(self) -> None:
         init.initialize_decoder(self.decoder)
         init.initialize_head(self.segmentation_head)
+        for head in getattr(self, "deep_supervision_heads", ()):
+            init.initialize_head(head)
         if self.classification_head is not None:
             init.initialize_head(self.classification_head)
 
@@ -157,13 +213,22 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         multiple = self.output_stride if self.requires_divisible_input_shape else None
         check_input(x, self.spatial_dims, self.in_channels, multiple, owner=type(self).__name__)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor
+    ) -> (
+        torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]
+    ):
         if not _skip_checks():
             self.check_input(x)
         memory_format = self._input_memory_format(x)
         if memory_format is not None:
             x = x.contiguous(memory_format=memory_format)
         features = self.encoder(x)
+        if self.deep_supervision and self.training:
+            deep_masks = self._deep_supervision_masks(features)
+            if self.classification_head is not None:
+                return deep_masks, self.classification_head(features[-1])
+            return deep_masks
         masks = self.segmentation_head(self.decoder(features))
         if self.classification_head is not None:
             return masks, self.classification_head(features[-1])

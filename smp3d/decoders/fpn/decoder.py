@@ -110,6 +110,7 @@ class FPNDecoder(nn.Module):
 
     Args:
         encoder_channels: the encoder's ``out_channels`` (item 0 is the input); at least 4 items.
+        reductions: the encoder's ``reductions`` (read for the levels' metadata only).
         pyramid_channels: channels of every pyramid level.
         segmentation_channels: channels of the segmentation blocks; a multiple of 32 (GroupNorm).
         dropout: channel-wise (spatial) dropout rate after the merge.
@@ -117,11 +118,15 @@ class FPNDecoder(nn.Module):
         interpolation: mode of the top-down interpolation (``"nearest"``, ``"bilinear"``, ...).
 
     The output has the size of encoder feature ``len(encoder_channels) - 4``.
+
+    Levels (for deep supervision), finest first: the merged output, then the pyramid levels ``p3``,
+    ``p4``, ``p5`` (``pyramid_channels`` each) at their encoder features' sizes.
     """
 
     def __init__(
         self,
         encoder_channels: Sequence[int],
+        reductions: Sequence[Sequence[int]],
         pyramid_channels: int = 256,
         segmentation_channels: int = 128,
         dropout: float = 0.2,
@@ -152,6 +157,8 @@ class FPNDecoder(nn.Module):
             for n in range(PYRAMID_LEVELS - 1, -1, -1)
         )
         self.dropout = dropout_layer(spatial_dims)(p=dropout, inplace=True)
+        self.level_channels = (self.out_channels, *(pyramid_channels,) * (PYRAMID_LEVELS - 1))
+        self.level_reductions = tuple(tuple(r) for r in reductions[-PYRAMID_LEVELS:])
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         c2, c3, c4, c5 = features[-PYRAMID_LEVELS:]
@@ -163,3 +170,15 @@ class FPNDecoder(nn.Module):
         sizes = [tuple(p.shape[2:]) for p in pyramid]
         maps = [block(p, sizes[i + 1 :]) for i, (block, p) in enumerate(zip(self.seg_blocks, pyramid, strict=True))]
         return self.dropout(self.merge(maps))
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``[forward's output, p3, p4, p5]``, finest first; no extra compute."""
+        c2, c3, c4, c5 = features[-PYRAMID_LEVELS:]
+        p5 = self.p5(c5)
+        p4 = self.p4(p5, c4)
+        p3 = self.p3(p4, c3)
+        p2 = self.p2(p3, c2)
+        pyramid = (p5, p4, p3, p2)
+        sizes = [tuple(p.shape[2:]) for p in pyramid]
+        maps = [block(p, sizes[i + 1 :]) for i, (block, p) in enumerate(zip(self.seg_blocks, pyramid, strict=True))]
+        return [self.dropout(self.merge(maps)), p3, p4, p5]

@@ -46,6 +46,11 @@ class FPN(SegmentationModel):
             deepest feature; the model then returns ``(masks, labels)``.
         spatial_dims: 3 for volumes ``(B, C, H, W, D)`` (default), 2 for images ``(B, C, H, W)``.
         strides: per-stage encoder strides, each an int or a per-axis tuple (anisotropic data).
+        deep_supervision: add a 1x1 head per coarser decoder level; in training mode the model then
+            returns ``[masks, coarser masks ...]`` (finest first), in eval mode only the masks (see
+            ``deep_supervision_reductions`` and :class:`smp3d.losses.DeepSupervisionLoss`).
+        deep_supervision_levels: masks returned in training mode, the full-resolution one included;
+            ``None``: every decoder level but the deepest (as nnU-Net).
         kwargs: passed to the encoder's builder.
 
     Each top-down step and each upsampling of a segmentation block goes to the actual size of the
@@ -76,6 +81,8 @@ class FPN(SegmentationModel):
         aux_params: dict[str, Any] | None = None,
         spatial_dims: int = 3,
         strides: StridesArg = None,
+        deep_supervision: bool = False,
+        deep_supervision_levels: int | None = None,
         **kwargs: Any,
     ):
         super().__init__()
@@ -98,6 +105,7 @@ class FPN(SegmentationModel):
         )
         self.decoder = FPNDecoder(
             encoder_channels=self.encoder.out_channels,
+            reductions=self.encoder.reductions,
             pyramid_channels=decoder_pyramid_channels,
             segmentation_channels=decoder_segmentation_channels,
             dropout=decoder_dropout,
@@ -116,4 +124,5 @@ class FPN(SegmentationModel):
         )
         self.classification_head = build_classification_head(aux_params, self.encoder.out_channels[-1], spatial_dims)
         self.name = f"fpn-{encoder_name}"
+        self.build_deep_supervision(deep_supervision, deep_supervision_levels, classes, activation)
         self.initialize()

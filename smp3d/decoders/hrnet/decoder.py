@@ -62,6 +62,9 @@ class HRNetDecoder(nn.Module):
     Output: ``(B, out_channels, *size)`` where ``size`` is the first level's size, times
     ``reductions[first_level]`` with learned upsampling. ``output_reduction`` is the per-axis
     reduction left for the segmentation head to undo (all ones with learned upsampling).
+
+    Levels (for deep supervision), finest first: the output, then the coarser features the head
+    fuses (with an HRNet encoder: its lower-resolution branches), each at its own size.
     """
 
     def __init__(
@@ -96,6 +99,8 @@ class HRNetDecoder(nn.Module):
         self.upsampling = nn.Sequential(*steps)
         self.out_channels = channels
         self.output_reduction = reduction
+        self.level_channels = (channels, *(encoder_channels[i] for i in self.levels[1:]))
+        self.level_reductions = (reduction, *(tuple(reductions[i]) for i in self.levels[1:]))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """``features``: the encoder's output list."""
@@ -108,3 +113,10 @@ class HRNetDecoder(nn.Module):
             maps.append(x)
         x = self.fuse(torch.cat(maps, dim=1) if len(maps) > 1 else maps[0])
         return self.upsampling(x)
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``[forward's output, coarser fused features ...]``, finest first; no extra compute."""
+        levels = [self.forward(features)]
+        for level in self.levels[1:]:
+            levels.append(features[level])
+        return levels

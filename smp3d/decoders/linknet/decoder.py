@@ -112,6 +112,9 @@ class LinknetDecoder(nn.Module):
             scale = tuple(hi // lo for hi, lo in zip(reductions[level + 1], reductions[level], strict=True))
             self.blocks.append(LinknetDecoderBlock(channels[i], channels[i + 1], scale, use_norm, spatial_dims))
             self.fused.append(level > 0 and encoder_channels[level] > 0)
+        # Levels for deep supervision: block outputs, finest first (level k at encoder feature k's size).
+        self.level_channels = tuple(channels[:0:-1])
+        self.level_reductions = tuple(tuple(r) for r in reductions[:depth])
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         depth = len(features) - 1
@@ -119,3 +122,14 @@ class LinknetDecoder(nn.Module):
         for i, (block, fused) in enumerate(zip(self.blocks, self.fused, strict=True)):
             x = block(x, features[depth - i - 1] if fused else None)
         return x
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Every block's output, finest first (item 0 is ``forward``'s output); no extra compute."""
+        depth = len(features) - 1
+        x = features[-1]
+        levels: list[torch.Tensor] = []
+        for i, (block, fused) in enumerate(zip(self.blocks, self.fused, strict=True)):
+            x = block(x, features[depth - i - 1] if fused else None)
+            levels.append(x)
+        levels.reverse()
+        return levels

@@ -159,6 +159,9 @@ class MAnetDecoder(nn.Module):
                 block = UnetDecoderBlock(cin, 0, cout, scale, use_norm, None, interpolation, spatial_dims)
             self.blocks.append(block)
             self.fused.append(cskip > 0)
+        # Levels for deep supervision: block outputs, finest first (level k at encoder feature k's size).
+        self.level_channels = tuple(decoder_channels[::-1])
+        self.level_reductions = tuple(tuple(r) for r in reductions[:depth])
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         depth = len(features) - 1
@@ -167,3 +170,15 @@ class MAnetDecoder(nn.Module):
             target = features[depth - i - 1]
             x = block(x, target.shape[2:], target if fused else None)
         return x
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Every block's output, finest first (item 0 is ``forward``'s output); no extra compute."""
+        depth = len(features) - 1
+        x = self.center(features[-1])
+        levels: list[torch.Tensor] = []
+        for i, (block, fused) in enumerate(zip(self.blocks, self.fused, strict=True)):
+            target = features[depth - i - 1]
+            x = block(x, target.shape[2:], target if fused else None)
+            levels.append(x)
+        levels.reverse()
+        return levels

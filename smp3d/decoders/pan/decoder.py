@@ -148,11 +148,15 @@ class PANDecoder(nn.Module):
 
     Args:
         encoder_channels: the encoder's ``out_channels`` (item 0 is the input); at least 4 items.
+        reductions: the encoder's ``reductions`` (read for the levels' metadata only).
         decoder_channels: channels of every decoder map.
         interpolation: resize mode of the GAU blocks (the FPA always resizes linearly).
 
     The GAU of level ``i`` is the attribute ``gau{i - 1}`` (smp's names); the output has the size of
     encoder feature 2.
+
+    Levels (for deep supervision), finest first: the output of every GAU (levels 2 .. depth - 1),
+    then the FPA's map of the deepest feature.
     """
 
     OUTPUT_LEVEL = 2
@@ -160,6 +164,7 @@ class PANDecoder(nn.Module):
     def __init__(
         self,
         encoder_channels: Sequence[int],
+        reductions: Sequence[Sequence[int]],
         decoder_channels: int = 32,
         interpolation: str = "bilinear",
         spatial_dims: int = 3,
@@ -176,9 +181,21 @@ class PANDecoder(nn.Module):
         for level in self.gau_levels:
             block = GAUBlock(encoder_channels[level], decoder_channels, interpolation, spatial_dims)
             self.add_module(f"gau{level - 1}", block)
+        self.level_channels = (decoder_channels,) * (depth + 1 - self.OUTPUT_LEVEL)
+        self.level_reductions = tuple(tuple(r) for r in reductions[self.OUTPUT_LEVEL :])
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         out = self.fpa(features[-1])
         for level in self.gau_levels:
             out = getattr(self, f"gau{level - 1}")(features[level], out)
         return out
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The output of every GAU and the FPA's map, finest first (item 0 is ``forward``'s output)."""
+        out = self.fpa(features[-1])
+        levels = [out]
+        for level in self.gau_levels:
+            out = getattr(self, f"gau{level - 1}")(features[level], out)
+            levels.append(out)
+        levels.reverse()
+        return levels

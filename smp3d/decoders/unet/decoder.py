@@ -108,6 +108,9 @@ class UnetDecoder(nn.Module):
         reductions: the encoder's ``reductions``, one per-axis tuple per feature.
         decoder_channels: output channels of each block, deepest first; one per encoder stage.
         add_center_block: apply a :class:`UnetCenterBlock` to the deepest feature first.
+
+    Levels (for deep supervision): the output of every block, finest first; level ``k`` has the
+    size of encoder feature ``k`` (``level_channels``, ``level_reductions``, :meth:`forward_levels`).
     """
 
     def __init__(
@@ -143,6 +146,8 @@ class UnetDecoder(nn.Module):
             self.blocks.append(
                 UnetDecoderBlock(cin, cskip, cout, scale, use_norm, attention_type, interpolation, spatial_dims)
             )
+        self.level_channels = tuple(decoder_channels[::-1])
+        self.level_reductions = tuple(tuple(r) for r in reductions[:depth])
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.center(features[-1])
@@ -152,3 +157,16 @@ class UnetDecoder(nn.Module):
             skip = features[level] if level > 0 else None
             x = block(x, features[level].shape[2:], skip)
         return x
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Every block's output, finest first (item 0 is ``forward``'s output); no extra compute."""
+        x = self.center(features[-1])
+        depth = len(features) - 1
+        levels: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            level = depth - i - 1
+            skip = features[level] if level > 0 else None
+            x = block(x, features[level].shape[2:], skip)
+            levels.append(x)
+        levels.reverse()
+        return levels

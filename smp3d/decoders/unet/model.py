@@ -41,6 +41,11 @@ class Unet(SegmentationModel):
             deepest feature; the model then returns ``(masks, labels)``.
         spatial_dims: 3 for volumes ``(B, C, H, W, D)`` (default), 2 for images ``(B, C, H, W)``.
         strides: per-stage encoder strides, each an int or a per-axis tuple (anisotropic data).
+        deep_supervision: add a 1x1 head per coarser decoder level; in training mode the model then
+            returns ``[masks, coarser masks ...]`` (finest first), in eval mode only the masks (see
+            ``deep_supervision_reductions`` and :class:`smp3d.losses.DeepSupervisionLoss`).
+        deep_supervision_levels: masks returned in training mode, the full-resolution one included;
+            ``None``: every decoder level but the deepest (as nnU-Net).
         kwargs: passed to the encoder's builder.
 
     Input sizes need not be divisible by the total reduction: each block interpolates to its
@@ -64,6 +69,8 @@ class Unet(SegmentationModel):
         aux_params: dict[str, Any] | None = None,
         spatial_dims: int = 3,
         strides: StridesArg = None,
+        deep_supervision: bool = False,
+        deep_supervision_levels: int | None = None,
         **kwargs: Any,
     ):
         super().__init__()
@@ -96,4 +103,5 @@ class Unet(SegmentationModel):
         # A transposed convolution upsamples by exact ratios, so sizes must divide evenly.
         self.requires_divisible_input_shape = decoder_interpolation == TRANSPOSED
         self.name = f"u-{encoder_name}"
+        self.build_deep_supervision(deep_supervision, deep_supervision_levels, classes, activation)
         self.initialize()

@@ -104,8 +104,12 @@ class UnetPlusPlusDecoder(nn.Module):
                 blocks[f"x_{row}_{column}"] = node(cin, skips[column] * (column + 1 - row), cout, level)
         blocks[f"x_0_{depth - 1}"] = node(inputs[-1], 0, decoder_channels[-1], 0)
         self.blocks = nn.ModuleDict(blocks)
+        # Levels for deep supervision: the main-path nodes x_0_{depth-1-k} (level k at encoder feature k's size).
+        self.level_channels = tuple(decoder_channels[::-1])
+        self.level_reductions = tuple(tuple(r) for r in reductions[:depth])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _grid(self, features: Sequence[torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:
+        """Every node of the grid but the last, by ``(row, column)``."""
         depth = self.depth
         deep = list(features[1:])[::-1]
         nodes: dict[tuple[int, int], torch.Tensor] = {}
@@ -119,4 +123,17 @@ class UnetPlusPlusDecoder(nn.Module):
                 else:
                     dense = [nodes[i, column] for i in range(row + 1, column + 1)]
                     nodes[row, column] = block(nodes[row, column - 1], skip.shape[2:], torch.cat([*dense, skip], 1))
-        return self.blocks[f"x_0_{depth - 1}"](nodes[0, depth - 2], features[0].shape[2:])
+        return nodes
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        nodes = self._grid(features)
+        return self.blocks[f"x_0_{self.depth - 1}"](nodes[0, self.depth - 2], features[0].shape[2:])
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The main-path nodes ``x_0_*``, finest first (item 0 is ``forward``'s output); no extra compute."""
+        nodes = self._grid(features)
+        depth = self.depth
+        levels = [self.blocks[f"x_0_{depth - 1}"](nodes[0, depth - 2], features[0].shape[2:])]
+        for column in range(depth - 2, -1, -1):
+            levels.append(nodes[0, column])
+        return levels

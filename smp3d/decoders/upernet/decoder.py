@@ -139,14 +139,19 @@ class UPerNetDecoder(nn.Module):
     Args:
         encoder_channels: the encoder's ``out_channels`` (item 0 is the input); at least 4 items
             (``encoder_depth >= 3``), as the decoder needs two levels from level 2 on.
+        reductions: the encoder's ``reductions`` (read for the levels' metadata only).
         decoder_channels: channels of every PSP/FPN map and of the output.
         use_norm: normalization of the decoder's convs (the PSP fusing conv always uses batch norm).
         spatial_dims: 2 or 3.
+
+    Levels (for deep supervision), finest first: the fused output (level 2's size), then the refined
+    FPN maps of levels 3 .. depth - 1 and the PSP map of the deepest level.
     """
 
     def __init__(
         self,
         encoder_channels: Sequence[int],
+        reductions: Sequence[Sequence[int]],
         decoder_channels: int = 256,
         use_norm: NormSpec = "batchnorm",
         spatial_dims: int = 3,
@@ -181,6 +186,8 @@ class UPerNetDecoder(nn.Module):
             use_norm=use_norm,
             spatial_dims=spatial_dims,
         )
+        self.level_channels = (decoder_channels,) * len(used)
+        self.level_reductions = tuple(tuple(r) for r in reductions[FIRST_LEVEL:])
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """``features``: the encoder's output list; returns ``(B, decoder_channels, *size of level 2)``."""
@@ -194,3 +201,17 @@ class UPerNetDecoder(nn.Module):
         # Finest first, as in smp's concatenation order.
         stacked = torch.cat([_resize(level, size, self.mode) for level in reversed(levels)], dim=1)
         return self.fusion_block(stacked)
+
+    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``[forward's output, FPN maps of levels 3 .., PSP map]``, finest first; no extra compute."""
+        used = [norm(f) for norm, f in zip(self.feature_norms, features[FIRST_LEVEL:], strict=True)]
+        state = self.psp(used[-1])
+        levels = [state]  # coarsest first
+        for block, conv_block, lateral in zip(self.fpn_lateral_blocks, self.fpn_conv_blocks, used[-2::-1], strict=True):
+            state = block(state, lateral)
+            levels.append(conv_block(state))
+        size = levels[-1].shape[2:]
+        stacked = torch.cat([_resize(level, size, self.mode) for level in reversed(levels)], dim=1)
+        finest_first = levels[::-1]
+        # The finest FPN map has the output's size: the fused output stands for that level.
+        return [self.fusion_block(stacked), *finest_first[1:]]
