@@ -3,6 +3,7 @@ validate the depth it needs, resolve the final upsampling, honour smp's deprecat
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,13 @@ from ..encoders import get_encoder
 from ..encoders.dilation import dilate_encoder
 from ..encoders.protocol import StridesArg
 
-__all__ = ["build_encoder", "check_encoder_depth", "final_upsampling", "pop_deprecated_norm"]
+__all__ = [
+    "build_encoder",
+    "check_encoder_depth",
+    "final_upsampling",
+    "pop_deprecated_norm",
+    "refuse_deep_supervision",
+]
 
 
 def check_encoder_depth(depth: Any, allowed: Sequence[int], arch: str, why: str = "") -> int:
@@ -38,7 +45,11 @@ def build_encoder(
     **kwargs: Any,
 ) -> nn.Module:
     """The encoder of an ``arch`` model; with ``output_stride`` its deepest strides become dilation
-    (per axis, only where its reduction exceeds the target; see :mod:`smp3d.encoders.dilation`)."""
+    (per axis, only where its reduction exceeds the target; see :mod:`smp3d.encoders.dilation`).
+
+    ``deep_supervision`` reaches here only from architectures that do not take it (their decoder has
+    a single resolution level): ``False`` is accepted, ``True`` refused with the reason."""
+    refuse_deep_supervision(arch, kwargs)
     encoder = get_encoder(
         encoder_name,
         in_channels=in_channels,
@@ -50,6 +61,24 @@ def build_encoder(
     )
     dilate_encoder(encoder, output_stride, owner=f"{arch}({encoder_name!r})")
     return encoder
+
+
+def refuse_deep_supervision(arch: str, kwargs: dict[str, Any]) -> None:
+    """Drop ``deep_supervision=False`` / ``deep_supervision_levels`` from ``kwargs``; raise on ``True``."""
+    enabled = kwargs.pop("deep_supervision", False)
+    kwargs.pop("deep_supervision_levels", None)
+    if enabled is False:
+        return
+    from ..models import ARCHITECTURES  # the architectures import this module
+
+    supported = sorted(
+        {cls.__name__ for cls in ARCHITECTURES.values() if "deep_supervision" in inspect.signature(cls).parameters}
+    )
+    raise ValueError(
+        f"{arch} does not support deep_supervision={enabled!r}: its decoder has no chain of maps at several "
+        f"resolutions to put heads on (see 'Deep supervision' in docs/deep_supervision.md). Architectures with "
+        f"deep supervision: {', '.join(supported)}."
+    )
 
 
 def final_upsampling(upsampling: int | Sequence[int] | None, reduction: Sequence[int], arch: str) -> tuple[int, ...]:
