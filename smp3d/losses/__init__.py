@@ -6,6 +6,7 @@ every loss computes in float32 with autocast off, so it is stable under bf16/fp1
 
 from ._common import BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE
 from .cross_entropy import SoftBCEWithLogitsLoss, SoftCrossEntropyLoss, WeightedCrossEntropyLoss
+from .deep_supervision import DeepSupervisionLoss, deep_supervision_weights, downsample_target
 from .dice import DiceLoss, JaccardLoss, TverskyLoss
 from .focal import FocalLoss
 from .generalized_dice import GeneralizedDiceLoss, generalized_dice_weights
@@ -16,6 +17,7 @@ __all__ = [
     "BINARY_MODE",
     "MULTICLASS_MODE",
     "MULTILABEL_MODE",
+    "DeepSupervisionLoss",
     "DiceLoss",
     "FocalLoss",
     "GeneralizedDiceLoss",
@@ -26,5 +28,7 @@ __all__ = [
     "SoftCrossEntropyLoss",
     "TverskyLoss",
     "WeightedCrossEntropyLoss",
+    "deep_supervision_weights",
+    "downsample_target",
     "generalized_dice_weights",
 ]
