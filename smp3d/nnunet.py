@@ -23,7 +23,14 @@ import torch.nn as nn
 
 from .decoders.nnunet import NNUNet
 
-__all__ = ["from_nnunet", "nnunet_key_map", "nnunet_state_dict", "read_nnunet_plan"]
+__all__ = [
+    "from_nnunet",
+    "load_nnunet_checkpoint",
+    "load_nnunet_encoder_weights",
+    "nnunet_key_map",
+    "nnunet_state_dict",
+    "read_nnunet_plan",
+]
 
 NETWORK_CLASSES = ("ResidualEncoderUNet", "PlainConvUNet")
 _PLAN_PRESETS = {"M": "resenc_m", "L": "resenc_l", "XL": "resenc_xl"}
@@ -331,21 +338,26 @@ def _numpy_safe_globals() -> list[Any]:
     return types
 
 
-def load_nnunet_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """``network_weights`` of an nnU-Net checkpoint (``checkpoint_final.pth``), read with
-    ``torch.load(weights_only=True)``; numpy scalars (nnU-Net's logs) are allowed, any other object refused."""
-    path = Path(path)
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` (numpy scalars allowed); anything else is refused with the fix."""
     if not path.is_file():
         raise FileNotFoundError(f"nnU-Net checkpoint not found: {path}.")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"{path} holds objects that torch.load(weights_only=True) does not read ({str(exc).splitlines()[0]}). "
             f"smp3d never unpickles arbitrary objects. If you trust the file, save its weights alone: "
             f"torch.save({{'network_weights': torch.load(path, weights_only=False)['network_weights']}}, new_path)."
         ) from None
+
+
+def load_nnunet_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """``network_weights`` of an nnU-Net checkpoint (``checkpoint_final.pth``), read with
+    ``torch.load(weights_only=True)``; numpy scalars (nnU-Net's logs) are allowed, any other object refused."""
+    path = Path(path)
+    checkpoint = _torch_load(path)
     weights = checkpoint.get("network_weights") if isinstance(checkpoint, Mapping) else None
     if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
@@ -410,3 +422,40 @@ def from_nnunet(
         )
     model.load_state_dict(renamed, strict=True)
     return model
+
+
+def load_nnunet_encoder_weights(
+    encoder: nn.Module, source: Mapping[str, torch.Tensor] | str | Path, kind: str = "resenc"
+) -> nn.Module:
+    """Load the encoder part of an nnU-Net (or nnssl pretraining) checkpoint into an smp3d encoder.
+
+    ``source`` is a state dict or a checkpoint file (read as :func:`load_nnunet_checkpoint` reads it;
+    a file holding a bare state dict works too). Keys under ``encoder.`` are renamed by
+    :func:`nnunet_key_map` and must fit ``encoder`` (a ``resenc_*`` encoder for ``kind="resenc"``,
+    ``plain_nnunet`` for ``"plain"``) strictly; every other key (decoder, heads) is ignored.
+    Returns the encoder.
+    """
+    state = _torch_load(Path(source)) if isinstance(source, (str, Path)) else source
+    if isinstance(state, Mapping) and isinstance(state.get("network_weights"), Mapping):
+        state = state["network_weights"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"Expected a state dict or a checkpoint with 'network_weights', got {type(state).__name__}.")
+    encoder_keys = [k for k in state if k.startswith("encoder.")]
+    if not encoder_keys:
+        raise ValueError(f"No 'encoder.*' keys in the nnU-Net weights; found e.g. {sorted(state)[:5]}.")
+    mapping = nnunet_key_map(encoder_keys, kind)
+    renamed = {new.removeprefix("encoder."): state[old] for old, new in mapping.items() if new is not None}
+    expected = encoder.state_dict()
+    missing, unexpected = sorted(set(expected) - set(renamed)), sorted(set(renamed) - set(expected))
+    shapes = [
+        (k, tuple(renamed[k].shape), tuple(expected[k].shape))
+        for k in renamed
+        if k in expected and renamed[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"The nnU-Net encoder weights do not fit this encoder (depth, widths, blocks, kernel sizes must be the "
+            f"plan's): missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}."
+        )
+    encoder.load_state_dict(renamed, strict=True)
+    return encoder

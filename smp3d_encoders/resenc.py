@@ -156,7 +156,9 @@ class ResidualEncoder(Encoder):
 
     def _initialize(self) -> None:
         # nnU-Net's rule: He-normal convolutions (LeakyReLU slope 0.01), zero biases, and each block's
-        # last norm at zero so that every residual block starts as its shortcut.
+        # last norm at zero so that every residual block starts as its shortcut. Meta tensors hold no values.
+        if self.stem.conv.weight.is_meta:
+            return
         for module in self.modules():
             if isinstance(module, conv(self.spatial_dims)):
                 nn.init.kaiming_normal_(module.weight, a=1e-2)
