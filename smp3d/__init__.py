@@ -18,6 +18,7 @@ from .decoders import (
     HRNet,
     Linknet,
     MAnet,
+    NNUNet,
     PSPNet,
     Segformer,
     Unet,
@@ -39,6 +40,7 @@ from .encoders import (
 from .inference import sliding_window_inference
 from .metrics import SegmentationMetrics
 from .models import create_model
+from .nnunet import from_nnunet
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,7 @@ __all__ = [
     "EncoderSpec",
     "Linknet",
     "MAnet",
+    "NNUNet",
     "PSPNet",
     "Segformer",
     "UPerNet",
@@ -62,6 +65,7 @@ __all__ = [
     "__version__",
     "create_model",
     "fold_batchnorm",
+    "from_nnunet",
     "from_pretrained",
     "get_encoder",
     "get_encoder_spec",

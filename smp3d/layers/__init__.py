@@ -28,6 +28,7 @@ from .factories import (
     max_pool,
     strided_pool,
 )
+from .nnunet_blocks import check_kernel_sizes, conv_norm_act
 from .upsample import can_fuse_upsample, interpolate, phase_kernels, set_fused_upsample, upsample_conv
 
 __all__ = [
@@ -47,9 +48,11 @@ __all__ = [
     "batch_norm",
     "can_fuse_upsample",
     "channels_last_format",
+    "check_kernel_sizes",
     "check_spatial_dims",
     "conv",
     "conv_nd",
+    "conv_norm_act",
     "conv_transpose",
     "create_activation",
     "create_norm",

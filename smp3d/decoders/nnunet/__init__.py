@@ -1,0 +1,4 @@
+from .decoder import NNUNetDecoder, NNUNetDecoderBlock
+from .model import NNUNet
+
+__all__ = ["NNUNet", "NNUNetDecoder", "NNUNetDecoderBlock"]
