@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from ..metrics import dice_per_class
-from .data import Volume, normalize
+from ..training import TrainConfig, Volume, dice_table, fit, foreground_classes, normalize, write_prediction
 from .predict import predict_volume, to_labels
-from .train import TrainConfig, dice_table, fit, foreground_classes
 
 CLASS_NAMES = ["background", "sphere", "cuboid"]
 
@@ -86,7 +85,14 @@ def run_demo(args: Any) -> int:
         flush=True,
     )
     torch.manual_seed(args.seed)
-    result = fit(config, train, val, class_names=CLASS_NAMES, log=lambda line: print(line, flush=True))
+    result = fit(
+        config,
+        train,
+        val,
+        overwrite=args.overwrite,
+        class_names=CLASS_NAMES,
+        log=lambda line: print(line, flush=True),
+    )
     model = result.model
     if result.best_state is not None:  # segment with the best validated weights
         model.load_state_dict(result.best_state)
@@ -111,8 +117,6 @@ def run_demo(args: Any) -> int:
     print(f"held-out volume {test.spatial_shape}, sliding window 32^3 patches, overlap 0.5, gaussian blend:")
     print(dice_table(CLASS_NAMES, [float(d) for d in dice]))
     if args.out:
-        from .data import write_prediction
-
         out = Path(args.out) / "heldout_prediction.nii.gz"
         write_prediction(out, predicted.numpy().astype(np.uint8), test)
         print(f"wrote {out}")
