@@ -87,8 +87,8 @@ def main() -> None:
             written_new.append(files.nbytes)
         seconds_new = (time.perf_counter() - started) / args.epochs
         run.close()
-        print(f"| layout | MB written per epoch | MB in the run directory | s per epoch |")
-        print(f"|---|---:|---:|---:|")
+        print("| layout | MB written per epoch | MB in the run directory | s per epoch |")
+        print("|---|---:|---:|---:|")
         print(f"| before | {written_old[-1] / 1e6:.1f} | {disk_bytes(old) / 1e6:.1f} | {seconds_old:.2f} |")
         print(f"| after | {written_new[-1] / 1e6:.1f} | {disk_bytes(new) / 1e6:.1f} | {seconds_new:.2f} |")
 
