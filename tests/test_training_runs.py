@@ -8,6 +8,7 @@ import csv
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,25 +169,25 @@ def test_killed_at_any_point_resumes_exactly(data, reference, tmp_path, capsys):
     assert leftovers(ckpt) == []  # temporary folders of the killed runs removed, lock released
 
 
-def test_existing_run_refused_then_overwritten(data, tmp_path, capsys):
+def test_existing_run_refused_then_overwritten(data, reference, tmp_path, capsys):
     ckpt = tmp_path / "run"
-    assert main(train_argv(data, ckpt, epochs=1)) == 0
+    shutil.copytree(reference, ckpt)
     (ckpt / "notes.txt").write_text("mine")
     before = {p: p.read_bytes() for p in (ckpt / "metrics.csv", ckpt / "last" / "model.safetensors")}
-    capsys.readouterr()
 
     assert main(train_argv(data, ckpt, epochs=1)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("smp3d train: error: --checkpoint-dir"), err
-    assert "already holds a training run (last/ at epoch 1)" in err[0]
+    assert f"already holds a training run (last/ at epoch {EPOCHS})" in err[0]
     assert "--resume" in err[0] and "--overwrite" in err[0]
     assert {p: p.read_bytes() for p in before} == before
 
     assert main(train_argv(data, ckpt, "--resume", "--overwrite")) == 2
     assert "exclude each other" in capsys.readouterr().err
 
-    assert main(train_argv(data, ckpt, "--overwrite", epochs=2)) == 0
-    assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1", "2"]
+    assert main(train_argv(data, ckpt, "--overwrite", epochs=1)) == 0
+    assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1"]
+    assert state(ckpt / "last")["epoch"] == 1
     assert (ckpt / "notes.txt").read_text() == "mine"  # only what a run writes is replaced
     assert leftovers(ckpt) == []
 
@@ -262,7 +263,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(data, tmp_path, capsys, monkey
         return open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(checkpoints, "open", disk_fills_in_epoch_2, raising=False)  # the module's file writes
-    assert main(train_argv(data, ckpt, epochs=3)) == 2
+    assert main(train_argv(data, ckpt, epochs=2)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     line = err[0]
@@ -274,8 +275,8 @@ def test_full_disk_keeps_the_last_good_checkpoint(data, tmp_path, capsys, monkey
     assert state(ckpt / "last")["epoch"] == 1 and [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1"]
 
     monkeypatch.delattr(checkpoints, "open")  # space freed: the run continues
-    assert main(train_argv(data, ckpt, "--resume", epochs=3)) == 0
-    assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1", "2", "3"]
+    assert main(train_argv(data, ckpt, "--resume", epochs=2)) == 0
+    assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == ["1", "2"]
 
 
 def test_best_is_written_only_when_it_improves(data, reference):
