@@ -16,7 +16,17 @@ import numpy as np
 import torch
 
 from ..metrics import dice_per_class
-from ..training import TrainConfig, Volume, dice_table, fit, foreground_classes, normalize, write_prediction
+from ..training import (
+    RunDirectory,
+    TrainConfig,
+    TrainingError,
+    Volume,
+    dice_table,
+    fit,
+    foreground_classes,
+    normalize,
+    write_prediction,
+)
 from .predict import predict_volume, to_labels
 
 CLASS_NAMES = ["background", "sphere", "cuboid"]
@@ -47,6 +57,8 @@ def synthetic_volume(shape: tuple[int, ...], rng: np.random.Generator, blobs: in
 
 
 def run_demo(args: Any) -> int:
+    if args.out and not args.overwrite and RunDirectory(Path(args.out)).holds_run():
+        raise TrainingError(f"--out {args.out} already holds a training run; replace it with --overwrite")
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     shape = (args.size,) * 3
