@@ -192,6 +192,28 @@ def test_existing_run_refused_then_overwritten(data, reference, tmp_path, capsys
     assert leftovers(ckpt) == []
 
 
+def test_runs_of_older_versions(data, reference, tmp_path, capsys):
+    """Before checkpoints were one unit: duplicated metrics rows are cut to the committed epochs
+    on resume, and a torn last/ (weights of one epoch, optimizer of another) is refused."""
+    ckpt = tmp_path / "run"
+    shutil.copytree(reference, ckpt)
+    (ckpt / "last" / "metrics.csv").unlink()
+    old = rows(reference / "metrics.csv")
+    with open(ckpt / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(old[0]))
+        writer.writeheader()
+        writer.writerows([*old, old[-1], {**old[-1], "epoch": str(EPOCHS + 1)}])  # a repeated and a lost epoch
+    assert main(train_argv(data, ckpt, "--resume")) == 0  # all epochs done: nothing to train
+    assert [r["epoch"] for r in rows(ckpt / "metrics.csv")] == [str(e) for e in range(1, EPOCHS + 1)]
+
+    trainer = json.loads((ckpt / "last" / "trainer.json").read_text())
+    (ckpt / "last" / "trainer.json").write_text(json.dumps({**trainer, "epoch": EPOCHS + 1}))
+    capsys.readouterr()
+    assert main(train_argv(data, ckpt, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert f"the weights are of epoch {EPOCHS + 1} but training_state.pt of epoch {EPOCHS}" in err
+
+
 def test_stale_lock_and_leftovers_are_recovered(data, tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -142,7 +142,8 @@ class RunLock:
                     )
                 data = json.dumps(record).encode("utf-8")
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, data, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, data)
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -162,7 +163,8 @@ class RunLock:
 
 
 def _read_record(fd: int) -> dict[str, Any] | None:
-    data = os.pread(fd, 4096, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
     if not data.strip():
         return None
     try:
