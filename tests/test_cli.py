@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from smp3d.cli import main
-from smp3d.cli.data import PatchDataset, Volume, window_starts
 from smp3d.cli.demo import synthetic_volume
+from smp3d.training import PatchDataset, Volume, window_starts
 
 SMALL = ["--model-kwargs", '{"encoder_depth": 3, "decoder_channels": [16, 8, 4]}', "--no-progress"]
 
@@ -343,7 +343,7 @@ class _Oracle(torch.nn.Module):
 
 @pytest.mark.parametrize("mode,classes", [("multiclass", 2), ("binary", 1)])
 def test_validation_dice_of_a_perfect_model_is_one(mode, classes):
-    from smp3d.cli.train import TrainConfig, evaluate
+    from smp3d.training import TrainConfig, evaluate
 
     _, label = scene((16, 16, 8), 4)
     volume = Volume("v", label[None].astype(np.float32), label.astype(np.int64))

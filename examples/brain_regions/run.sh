@@ -29,7 +29,7 @@ start=$(date +%s)
   --model-kwargs '{"decoder_channels": [128, 64, 32, 16, 8]}' \
   --patch 64 64 64 --batch-size 2 --epochs "$EPOCHS" --iters "$ITERS" \
   --optimizer adamw --lr 2e-3 --scheduler cosine \
-  --checkpoint-dir "$WORK/ckpt" --device "$DEVICE" --seed 0 --no-progress
+  --checkpoint-dir "$WORK/ckpt" --overwrite --device "$DEVICE" --seed 0 --no-progress
 echo "training took $(( $(date +%s) - start )) s"
 
 start=$(date +%s)

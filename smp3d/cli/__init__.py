@@ -12,10 +12,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import NORMALIZATIONS, CLIError
+from ..training.errors import TrainingError as CLIError
+from ..training.volumes import NORMALIZATIONS
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--amp", action="store_true", help="bf16 autocast")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", type=Path, default=None, help="also save checkpoints and the held-out prediction here")
+    demo.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     train = sub.add_parser("train", help="train a model on HDF5, NIfTI or NumPy volumes")
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="resume from DIR (default: CHECKPOINT_DIR/last)",
     )
+    run.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --checkpoint-dir and start again"
+    )
     run.add_argument("--device", default="auto")
     run.add_argument("--amp", action="store_true", help="bf16 autocast")
     run.add_argument(
@@ -192,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .data import expand_specs, normalize, read_volume
-    from .train import TrainConfig, fit
+    from ..training import TrainConfig, check_run_directory, fit, load_volumes
 
     patch = tuple(args.patch) * args.spatial_dims if len(args.patch) == 1 else tuple(args.patch)
     if len(patch) != args.spatial_dims:
@@ -206,16 +211,20 @@ def _run_train(args: argparse.Namespace) -> int:
     if not 0 <= args.foreground <= 1:
         raise CLIError(f"--foreground must be in [0, 1], got {args.foreground}")
     mode = "multilabel" if args.multilabel else ("binary" if args.classes == 1 else "multiclass")
+    if args.resume is True and args.checkpoint_dir is None:
+        raise CLIError("--resume without a folder needs --checkpoint-dir (resumes CHECKPOINT_DIR/last)")
+    if args.checkpoint_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        # Before reading the data: an occupied or existing run directory is refused at once.
+        check_run_directory(args.checkpoint_dir, resume=args.resume is not None, overwrite=args.overwrite)
 
     def load(specs: list[str]) -> list:
-        volumes = []
-        for spec in expand_specs(specs):
-            volume = read_volume(
-                spec, args.spatial_dims, need_label=True, raw_key=args.raw_dataset, label_key=args.label_dataset
-            )
-            volume.image = normalize(volume.image, args.normalize)
-            volumes.append(volume)
-        return volumes
+        return load_volumes(
+            specs,
+            args.spatial_dims,
+            normalization=args.normalize,
+            raw_key=args.raw_dataset,
+            label_key=args.label_dataset,
+        )
 
     train_volumes, val_volumes = load(args.train_path), load(args.val_path)
     config = TrainConfig(
@@ -254,13 +263,15 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     resume = None
     if args.resume is not None:
-        if args.resume is True:
-            if args.checkpoint_dir is None:
-                raise CLIError("--resume without a folder needs --checkpoint-dir (resumes CHECKPOINT_DIR/last)")
-            resume = args.checkpoint_dir / "last"
-        else:
-            resume = Path(args.resume)
-    result = fit(config, train_volumes, val_volumes, resume=resume, log=lambda line: print(line, flush=True))
+        resume = args.checkpoint_dir / "last" if args.resume is True else Path(args.resume)
+    result = fit(
+        config,
+        train_volumes,
+        val_volumes,
+        resume=resume,
+        overwrite=args.overwrite,
+        log=lambda line: print(line, flush=True),
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         summary = f"done: {result.epochs} epochs, {result.iterations} iterations in {result.seconds:.1f}s"
         if val_volumes:
@@ -276,6 +287,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     command = argv[0] if argv and not argv[0].startswith("-") else None
     prog = f"smp3d {command}" if command in ("demo", "train", "predict") else "smp3d"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+        # A warning on the command line is one line too, e.g. a stale run lock that was taken over.
+        print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        return _dispatch(parser, argv, prog)
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: list[str], prog: str) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:

@@ -16,9 +16,18 @@ import numpy as np
 import torch
 
 from ..metrics import dice_per_class
-from .data import Volume, normalize
+from ..training import (
+    RunDirectory,
+    TrainConfig,
+    TrainingError,
+    Volume,
+    dice_table,
+    fit,
+    foreground_classes,
+    normalize,
+    write_prediction,
+)
 from .predict import predict_volume, to_labels
-from .train import TrainConfig, dice_table, fit, foreground_classes
 
 CLASS_NAMES = ["background", "sphere", "cuboid"]
 
@@ -48,6 +57,8 @@ def synthetic_volume(shape: tuple[int, ...], rng: np.random.Generator, blobs: in
 
 
 def run_demo(args: Any) -> int:
+    if args.out and not args.overwrite and RunDirectory(Path(args.out)).holds_run():
+        raise TrainingError(f"--out {args.out} already holds a training run; replace it with --overwrite")
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     shape = (args.size,) * 3
@@ -86,7 +97,14 @@ def run_demo(args: Any) -> int:
         flush=True,
     )
     torch.manual_seed(args.seed)
-    result = fit(config, train, val, class_names=CLASS_NAMES, log=lambda line: print(line, flush=True))
+    result = fit(
+        config,
+        train,
+        val,
+        overwrite=args.overwrite,
+        class_names=CLASS_NAMES,
+        log=lambda line: print(line, flush=True),
+    )
     model = result.model
     if result.best_state is not None:  # segment with the best validated weights
         model.load_state_dict(result.best_state)
@@ -111,8 +129,6 @@ def run_demo(args: Any) -> int:
     print(f"held-out volume {test.spatial_shape}, sliding window 32^3 patches, overlap 0.5, gaussian blend:")
     print(dice_table(CLASS_NAMES, [float(d) for d in dice]))
     if args.out:
-        from .data import write_prediction
-
         out = Path(args.out) / "heldout_prediction.nii.gz"
         write_prediction(out, predicted.numpy().astype(np.uint8), test)
         print(f"wrote {out}")

@@ -10,17 +10,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import (
-    ALL_SUFFIXES,
-    CLIError,
+from ..training import (
+    Dist,
     Volume,
+    activate,
+    check_patch_fits_model,
     normalize,
+    read_trainer_file,
     read_volume,
-    stem_of,
-    suffix_of,
+    resolve_device,
     write_prediction,
 )
-from .train import Dist, activate, check_patch_fits_model, read_trainer_file, resolve_device
+from ..training.errors import TrainingError as CLIError
+from ..training.volumes import ALL_SUFFIXES, stem_of, suffix_of
 
 
 def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -1,0 +1,96 @@
+"""What defines a training run: :class:`TrainConfig`, the choices it accepts, and what follows
+from it and the device."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+LOSSES = ("ce", "wce", "bce", "dice", "gdl", "focal", "tversky", "lovasz")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "plateau", "constant")
+MODES = ("binary", "multiclass", "multilabel")
+
+#: ``TrainConfig.checkpointing`` -> the arguments of ``model.set_checkpointing``.
+CHECKPOINTING = {
+    "none": dict(encoder=False, decoder=False),
+    "encoder": dict(encoder=True, decoder=False),
+    "decoder": dict(encoder=False, decoder=True),
+    "both": dict(encoder=True, decoder=True),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; written into each checkpoint's ``trainer.json``
+    (``smp3d predict`` reads ``patch``, ``mode`` and ``normalize`` from it).
+
+    Model: ``arch``, ``encoder``, ``encoder_weights`` and ``model_kwargs`` go to
+    ``smp3d.create_model`` with ``in_channels``, ``classes`` and ``spatial_dims``.
+    Task: ``mode`` is ``binary``, ``multiclass`` (class-index labels, ``classes`` counts the
+    background) or ``multilabel`` ((C, *spatial) targets); ``loss`` is one of :data:`LOSSES` or
+    a sum such as ``"ce+dice"``.
+    Data: ``patch`` (voxels per axis); without ``iters`` an epoch is one pass over the grid of
+    patches ``stride`` apart, with it ``iters`` batches of random patches, ``foreground`` of them
+    centred on a labelled voxel; ``flip`` is True (every axis), False, or the axes to flip.
+    ``normalize`` records how the volumes were normalised (the caller normalises them).
+    Optimisation: ``optimizer`` (:data:`OPTIMIZERS`), ``lr``, ``weight_decay``, ``scheduler``
+    (:data:`SCHEDULERS`, cosine per iteration down to ``min_lr``), ``patience`` (validations
+    without improvement before stopping), ``validate_every`` (epochs).
+    Run: ``checkpoint_dir`` (the run directory, see ``docs/reliability.md``; None saves
+    nothing), ``device`` (auto, cpu, cuda, cuda:N), ``amp`` (bf16 autocast), ``channels_last``
+    (None: on CUDA only), ``checkpointing`` (activation checkpointing, :data:`CHECKPOINTING`),
+    ``seed``, ``progress`` (progress bars on stderr).
+    """
+
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    in_channels: int = 1
+    classes: int = 2
+    spatial_dims: int = 3
+    mode: str = "multiclass"  # binary | multiclass | multilabel
+    loss: str = "ce+dice"
+    ignore_index: int | None = None
+    patch: tuple[int, ...] = (64, 64, 64)
+    stride: tuple[int, ...] | None = None
+    batch_size: int = 2
+    epochs: int = 10
+    iters: int | None = None  # iterations per epoch; None: one pass over the grid of patches
+    foreground: float = 0.33
+    flip: bool | tuple[int, ...] = True  # True: every spatial axis; or the axes to flip
+    normalize: str = "zscore"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    min_lr: float = 1e-6
+    scheduler: str = "cosine"
+    patience: int | None = None  # validations without improvement before stopping
+    validate_every: int = 1  # epochs
+    val_overlap: float = 0.5
+    checkpoint_dir: str | None = None
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool | None = None  # None: on CUDA only
+    checkpointing: str = "none"  # activation checkpointing: none | encoder | decoder | both
+    seed: int = 0
+    progress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["patch"] = list(self.patch)
+        data["stride"] = list(self.stride) if self.stride else None
+        return data
+
+
+def channels_last_for(config: TrainConfig, device: torch.device) -> bool:
+    """The run's memory layout: ``config.channels_last``, or by default channels-last on CUDA."""
+    if config.channels_last is None:
+        return device.type == "cuda" and config.spatial_dims in (2, 3)
+    return config.channels_last
+
+
+__all__ = ["CHECKPOINTING", "LOSSES", "MODES", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "channels_last_for"]

@@ -1,0 +1,90 @@
+"""Validation: whole volumes through the sliding window, scored by per-class Dice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig, channels_last_for
+from .volumes import Volume
+
+
+def to_target(label: torch.Tensor, mode: str) -> torch.Tensor:
+    """The loss's target layout: class indices for multi-class, (B, C, *spatial) floats otherwise."""
+    if mode == "multiclass":
+        return label.long()
+    if mode == "binary" and label.dim() >= 2 and label.dtype != torch.float32:
+        return label.unsqueeze(1).float()
+    return label.float()
+
+
+def activate(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """Probabilities: softmax over classes for multi-class, sigmoid otherwise."""
+    return logits.float().softmax(1) if mode == "multiclass" else logits.float().sigmoid()
+
+
+def foreground_classes(mode: str, classes: int) -> list[int]:
+    """The classes whose mean Dice selects the best model (all but class 0 for multi-class)."""
+    return list(range(1, classes)) if mode == "multiclass" else list(range(classes))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    volumes: list[Volume],
+    config: TrainConfig,
+    device: torch.device,
+    loss_fn: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Segment each volume with the sliding window; return ``val_loss`` (the mean loss, NaN
+    without ``loss_fn``), ``val_dice`` (mean foreground Dice) and ``dice_per_class``."""
+    from ..inference import sliding_window_inference
+    from ..metrics import SegmentationMetrics
+
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics(
+        config.mode,
+        num_classes=config.classes,
+        ignore_index=config.ignore_index if config.mode == "multiclass" else None,
+        threshold=None if config.mode == "multiclass" else 0.5,
+    )
+    losses = []
+    for volume in volumes:
+        image = torch.from_numpy(volume.image)[None].to(device)
+        logits = sliding_window_inference(
+            model,
+            image,
+            config.patch,
+            overlap=config.val_overlap,
+            batch_size=max(config.batch_size, 1),
+            autocast=torch.bfloat16 if config.amp else None,
+            channels_last=channels_last_for(config, device),
+        ).float()
+        target = to_target(torch.from_numpy(volume.label)[None].to(device), config.mode)  # type: ignore[arg-type]
+        if loss_fn is not None:
+            losses.append(float(loss_fn(logits, target)))
+        if config.mode == "multiclass":
+            metrics.update(logits, target)
+        else:
+            metrics.update(logits.sigmoid(), target.round().long())
+    model.train(was_training)
+    dice = metrics.compute()["dice"]
+    fg = dice[foreground_classes(config.mode, config.classes)]
+    fg = fg[~fg.isnan()]
+    return {
+        "val_loss": float(np.mean(losses)) if losses else float("nan"),
+        "val_dice": float(fg.mean()) if len(fg) else float("nan"),
+        "dice_per_class": [float(d) for d in dice],
+    }
+
+
+def dice_table(class_names: list[str], dice: list[float]) -> str:
+    width = max(len(n) for n in class_names)
+    return "\n".join(f"  {name:<{width}}  {d:.4f}" for name, d in zip(class_names, dice, strict=True))
+
+
+__all__ = ["activate", "dice_table", "evaluate", "foreground_classes", "to_target"]
