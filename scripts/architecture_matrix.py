@@ -182,6 +182,8 @@ def requirements() -> list[tuple[str, ...]]:
             accepted.append(depth)
             if depth == parameters["encoder_depth"].default:
                 sizes = "multiple of the output stride" if model.requires_divisible_input_shape else "any"
+                levels = len(getattr(model.decoder, "level_channels", ()))
+                supervision = f"{levels} levels" if "deep_supervision" in parameters and levels > 1 else "-"
         dilation = parameters.get("encoder_output_stride")
         rows.append(
             (
@@ -190,6 +192,7 @@ def requirements() -> list[tuple[str, ...]]:
                 ", ".join(map(str, accepted)),
                 "-" if dilation is None else str(dilation.default),
                 sizes,
+                supervision,
                 " ".join(refused),
             )
         )
@@ -245,14 +248,16 @@ def render(results: dict[Cell, Outcome] | None = None) -> str:
         "Encoder depths each architecture accepts (others are refused at construction with the reason",
         "below), the default `encoder_output_stride` of those that trade the encoder's deepest strides for",
         "dilation (per axis; any encoder with the dilation hook, see docs/index.md), and the input sizes",
-        'they take at their defaults ("any": sizes need not be multiples of the output stride).',
+        'they take at their defaults ("any": sizes need not be multiples of the output stride), and the',
+        "resolution levels of the decoder at the default depth for those with `deep_supervision=True`",
+        "(training mode returns a mask for each but the deepest; see docs/deep_supervision.md).",
         "",
-        "| architecture | default depth | depths | encoder_output_stride | input sizes |",
-        "|---|---|---|---|---|",
+        "| architecture | default depth | depths | encoder_output_stride | input sizes | deep supervision |",
+        "|---|---|---|---|---|---|",
     ]
     reasons = []
-    for arch, default, accepted, dilation, sizes, refused in requirements():
-        lines.append(f"| {arch} | {default} | {accepted} | {dilation} | {sizes} |")
+    for arch, default, accepted, dilation, sizes, supervision, refused in requirements():
+        lines.append(f"| {arch} | {default} | {accepted} | {dilation} | {sizes} | {supervision} |")
         if refused:
             reasons.append(f"- {arch}, encoder_depth {refused}")
     if reasons:
