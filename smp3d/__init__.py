@@ -18,12 +18,14 @@ from .decoders import (
     HRNet,
     Linknet,
     MAnet,
+    MedNeXt,
     PSPNet,
     Segformer,
     Unet,
     UnetPlusPlus,
     UPerNet,
 )
+from .decoders.mednext import load_mednext_state_dict, upkern
 from .encoders import (
     EncoderSpec,
     WeightSource,
@@ -51,6 +53,7 @@ __all__ = [
     "EncoderSpec",
     "Linknet",
     "MAnet",
+    "MedNeXt",
     "PSPNet",
     "Segformer",
     "UPerNet",
@@ -69,6 +72,7 @@ __all__ = [
     "layers",
     "list_encoder_resolvers",
     "list_encoders",
+    "load_mednext_state_dict",
     "losses",
     "metrics",
     "register_encoder",
@@ -76,4 +80,5 @@ __all__ = [
     "sliding_window_inference",
     "unregister_encoder",
     "unregister_encoder_resolver",
+    "upkern",
 ]

@@ -14,6 +14,7 @@ from .decoders import (
     HRNet,
     Linknet,
     MAnet,
+    MedNeXt,
     PSPNet,
     Segformer,
     Unet,
@@ -37,6 +38,7 @@ _CLASSES: tuple[type[SegmentationModel], ...] = (
     UPerNet,
     Segformer,
     HRNet,
+    MedNeXt,
 )
 
 #: Lower-case name -> class: smp's names (the class names, lower-cased) and common spellings.

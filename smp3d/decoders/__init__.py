@@ -5,6 +5,7 @@ from .fpn import FPN
 from .hrnet import HRNet
 from .linknet import Linknet
 from .manet import MAnet
+from .mednext import MedNeXt
 from .pan import PAN
 from .pspnet import PSPNet
 from .segformer import Segformer
@@ -20,6 +21,7 @@ __all__ = [
     "DeepLabV3Plus",
     "Linknet",
     "MAnet",
+    "MedNeXt",
     "PSPNet",
     "Segformer",
     "UPerNet",
