@@ -112,19 +112,18 @@ class MedNeXt(SegmentationModel):
         )
         self.classification_head = build_classification_head(aux_params, self.encoder.out_channels[-1], spatial_dims)
         self.deep_supervision = deep_supervision
-        if deep_supervision:
-            self.deep_supervision_heads = nn.ModuleList(
-                conv(spatial_dims)(channels, classes, 1) for channels in self.decoder.level_channels[1:]
-            )
+        # One 1x1 head per level beyond the first (none without deep supervision: no state-dict keys).
+        self.deep_supervision_heads = nn.ModuleList(
+            conv(spatial_dims)(channels, classes, 1) for channels in self.decoder.level_channels[1:] if deep_supervision
+        )
         self.name = f"mednext-{encoder_name}"
         self.initialize()
 
     def initialize(self) -> None:
         super().initialize()
-        if self.deep_supervision:
-            for head in self.deep_supervision_heads:
-                nn.init.xavier_uniform_(head.weight)
-                nn.init.zeros_(head.bias)
+        for head in self.deep_supervision_heads:
+            nn.init.xavier_uniform_(head.weight)
+            nn.init.zeros_(head.bias)
 
     @property
     def deep_supervision_reductions(self) -> tuple[tuple[int, ...], ...]:
@@ -134,20 +133,26 @@ class MedNeXt(SegmentationModel):
         return (ones, *reductions[1 : len(reductions) - 1]) if self.deep_supervision else (ones,)
 
     def forward(self, x: torch.Tensor) -> Any:
-        if not (self.deep_supervision and self.training):
-            return super().forward(x)
+        """Masks ``(B, classes, *spatial)``; with deep supervision in training mode a list of masks, finest first
+        (shapes: the input's size divided by :attr:`deep_supervision_reductions`). With ``aux_params``, a pair
+        ``(masks, labels)``."""
         if not _skip_checks():
             self.check_input(x)
         memory_format = self._input_memory_format(x)
         if memory_format is not None:
             x = x.contiguous(memory_format=memory_format)
         features = self.encoder(x)
-        levels = self.decoder.forward_levels(features)
-        masks = [self.segmentation_head(levels[0])]
-        # The deepest level's head exists (MedNeXt has it) but, as in nnU-Net, is not supervised.
-        for i, head in enumerate(self.deep_supervision_heads):
-            if i + 2 < len(levels):
-                masks.append(head(levels[i + 1]))
+        if self.deep_supervision and self.training:
+            levels = self.decoder.forward_levels(features)
+            masks = [self.segmentation_head(levels[0])]
+            # The deepest level's head exists (MedNeXt has it) but, as in nnU-Net, is not supervised.
+            for i, head in enumerate(self.deep_supervision_heads):
+                if i + 2 < len(levels):
+                    masks.append(head(levels[i + 1]))
+            if self.classification_head is not None:
+                return masks, self.classification_head(features[-1])
+            return masks
+        mask = self.segmentation_head(self.decoder(features))
         if self.classification_head is not None:
-            return masks, self.classification_head(features[-1])
-        return masks
+            return mask, self.classification_head(features[-1])
+        return mask
