@@ -52,10 +52,9 @@ def count(model: nn.Module) -> int:
 def test_parameter_counts_equal_mednext_and_the_paper(size, kernel):
     with torch.device("meta"):
         model = smp3d.MedNeXt(f"mednext_{size}", kernel_size=kernel, in_channels=1, classes=3, deep_supervision=True)
-        plain = smp3d.MedNeXt(f"mednext_{size}", kernel_size=kernel, in_channels=1, classes=3)
     assert count(model) == MEDNEXT_COUNTS[size, kernel] - 1  # MedNeXt's dummy_tensor
     # The deep-supervision heads: 1x1 convs from 64, 128, 256, 512 channels to 3 classes.
-    assert count(model) - count(plain) == 3 * (64 + 128 + 256 + 512) + 4 * 3
+    assert count(model.deep_supervision_heads) == 3 * (64 + 128 + 256 + 512) + 4 * 3
     paper = PAPER_MILLIONS[size, kernel]
     if (size, kernel) == ("s", 5):
         # The one figure that is not the count rounded: 5.98M is printed as 5.9M (truncated).
@@ -270,11 +269,14 @@ def test_compiles_without_graph_breaks():
         "mednext_s", encoder_depth=3, base_channels=4, blocks=1, decoder_blocks=1, in_channels=1, classes=2,
         deep_supervision=True,
     )  # fmt: skip
+    assert len(model.deep_supervision_heads) == 2  # the second, on the bottleneck, is not returned
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     x = torch.randn(2, 1, 16, 16, 16)
     with torch.no_grad():
-        for got, expected in zip(compiled(x), model(x), strict=True):
+        masks = compiled(x)
+        assert len(masks) == 2
+        for got, expected in zip(masks, model(x), strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -292,3 +294,17 @@ def test_compiles_without_graph_breaks():
 def test_refuses_bad_arguments(kwargs, match):
     with torch.device("meta"), pytest.raises(ValueError, match=match):
         smp3d.MedNeXt("mednext_s", in_channels=1, **kwargs)
+
+
+def test_activation_checkpointing_gives_the_same_step():
+    torch.manual_seed(0)
+    model = smp3d.MedNeXt("mednext_s", base_channels=4, blocks=1, decoder_blocks=1, in_channels=1, classes=2)
+    x = torch.randn(2, 1, 32, 32, 32)
+    model(x).square().mean().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_checkpointing(encoder=True, decoder=True)
+    assert smp3d.base.checkpointing.is_checkpointed(model.decoder.stages[0])
+    model(x).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ...layers.mednext import MedNeXtUpBlock, mednext_stage
 
-__all__ = ["MedNeXtDecoder"]
+__all__ = ["MedNeXtDecoder", "MedNeXtDecoderStage"]
 
 
 def _per_stage(value: Any, count: int, what: str) -> tuple[int, ...]:
@@ -37,6 +37,20 @@ def _per_stage(value: Any, count: int, what: str) -> tuple[int, ...]:
             f"deepest first; the encoder has {count + 1} stages), got {value!r}."
         )
     return tuple(value)
+
+
+class MedNeXtDecoderStage(nn.Module):
+    """``up`` (a MedNeXt up block) -> add the skip (unless it has 0 channels) -> ``blocks``."""
+
+    def __init__(self, up: nn.Module, blocks: nn.Module, has_skip: bool):
+        super().__init__()
+        self.up, self.blocks, self.has_skip = up, blocks, has_skip
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if self.has_skip:
+            x = x + skip
+        return self.blocks(x)
 
 
 class MedNeXtDecoder(nn.Module):
@@ -91,11 +105,9 @@ class MedNeXtDecoder(nn.Module):
             level = depth - 1 - k  # the encoder level this stage outputs (1 = finest)
             scale = tuple(hi // lo for hi, lo in zip(reductions[level + 1], reductions[level], strict=True))
             cin, cout = channels[level], channels[level - 1]
-            stage = nn.Module()
-            stage.up = MedNeXtUpBlock(cin, cout, ratios[k], kernel_size, spatial_dims, residual, stride=scale)
-            stage.blocks = mednext_stage(cout, counts[k], ratios[k], kernel_size, spatial_dims, residual)
-            stage.has_skip = int(encoder_channels[level]) > 0
-            self.stages.append(stage)
+            up = MedNeXtUpBlock(cin, cout, ratios[k], kernel_size, spatial_dims, residual, stride=scale)
+            blocks = mednext_stage(cout, counts[k], ratios[k], kernel_size, spatial_dims, residual)
+            self.stages.append(MedNeXtDecoderStage(up, blocks, has_skip=int(encoder_channels[level]) > 0))
 
     def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Every level's output, finest first; the last is the encoder's deepest feature."""
@@ -103,10 +115,7 @@ class MedNeXtDecoder(nn.Module):
         levels = [x]
         depth = len(features) - 1
         for k, stage in enumerate(self.stages):
-            x = stage.up(x)
-            if stage.has_skip:
-                x = x + features[depth - 1 - k]
-            x = stage.blocks(x)
+            x = stage(x, features[depth - 1 - k])
             levels.append(x)
         levels.reverse()
         return levels
@@ -115,8 +124,5 @@ class MedNeXtDecoder(nn.Module):
         x = features[-1]
         depth = len(features) - 1
         for k, stage in enumerate(self.stages):
-            x = stage.up(x)
-            if stage.has_skip:
-                x = x + features[depth - 1 - k]
-            x = stage.blocks(x)
+            x = stage(x, features[depth - 1 - k])
         return x
