@@ -157,6 +157,31 @@ go through the same test (`tests/test_architectures.py` runs it for every instal
 """
 
 
+MEDNEXT_NOTES = """## MedNeXt
+
+`smp3d.MedNeXt` is MedNeXt v1 (Roy et al., MICCAI 2023; MIC-DKFZ/MedNeXt): ConvNeXt-style blocks
+(depthwise conv, GroupNorm, 1x1 expansion, GELU, 1x1 compression, residual) with MedNeXt down and up
+blocks (strided / transposed depthwise convs with 1x1 residual paths). The `mednext_s`, `mednext_b`,
+`mednext_m`, `mednext_l` encoders carry their size's expansion ratios and block counts, and the decoder
+layout MedNeXt pairs with them; `kernel_size=3` or `5` sets the depthwise kernels everywhere:
+
+```python
+model = smp3d.MedNeXt(encoder_name="mednext_b", kernel_size=5, in_channels=1, classes=14, deep_supervision=True)
+model = smp3d.upkern(model, trained_kernel3_model)  # UpKern: kernels resized by trilinear interpolation
+smp3d.load_mednext_state_dict(model, "model_final_checkpoint.model")  # MedNeXt (or MONAI) checkpoints, strict
+```
+
+Whole-network parameters (1 input channel, 3 classes, deep-supervision heads included) equal MedNeXt's code
+less its 1-element `dummy_tensor`: S 5,553,839 / 5,983,471 (k3 / k5), B 10,529,231 / 10,958,863,
+M 17,551,887 / 18,263,759, L 61,782,191 / 62,995,823. Rounded, these are the paper's 5.6 / 5.9 (printed for
+5.98M), 10.5 / 11.0, 17.6 / 18.3, 61.8 / 63.0 M; without the heads M k3 would round to 17.5M, so the table
+counts them. With `deep_supervision=True` the model returns, in training mode, the mask and the masks of the
+coarser decoder levels (the deepest, the bottleneck, has a head but is not returned), finest first.
+The `mednext_*` encoders work with every decoder, and `MedNeXt` with every encoder; inputs must be multiples
+of the output stride. Stage 1 has stride 1 (full resolution); a stride there makes the stem a patchify conv.
+"""
+
+
 def _family(name: str) -> str:
     return smp3d.get_encoder_spec(name).family or name
 
@@ -262,6 +287,7 @@ def render(results: dict[Cell, Outcome] | None = None) -> str:
             reasons.append(f"- {arch}, encoder_depth {refused}")
     if reasons:
         lines += ["", "Refusals:", "", *reasons]
+    lines += ["", MEDNEXT_NOTES.rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -19,12 +19,14 @@ from .decoders import (
     Linknet,
     MAnet,
     NNUNet,
+    MedNeXt,
     PSPNet,
     Segformer,
     Unet,
     UnetPlusPlus,
     UPerNet,
 )
+from .decoders.mednext import load_mednext_state_dict, upkern
 from .encoders import (
     EncoderSpec,
     WeightSource,
@@ -54,6 +56,7 @@ __all__ = [
     "Linknet",
     "MAnet",
     "NNUNet",
+    "MedNeXt",
     "PSPNet",
     "Segformer",
     "UPerNet",
@@ -73,6 +76,7 @@ __all__ = [
     "layers",
     "list_encoder_resolvers",
     "list_encoders",
+    "load_mednext_state_dict",
     "losses",
     "metrics",
     "register_encoder",
@@ -80,4 +84,5 @@ __all__ = [
     "sliding_window_inference",
     "unregister_encoder",
     "unregister_encoder_resolver",
+    "upkern",
 ]

@@ -15,6 +15,7 @@ from .decoders import (
     Linknet,
     MAnet,
     NNUNet,
+    MedNeXt,
     PSPNet,
     Segformer,
     Unet,
@@ -39,6 +40,7 @@ _CLASSES: tuple[type[SegmentationModel], ...] = (
     Segformer,
     HRNet,
     NNUNet,
+    MedNeXt,
 )
 
 #: Lower-case name -> class: smp's names (the class names, lower-cased) and common spellings.

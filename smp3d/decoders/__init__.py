@@ -6,6 +6,7 @@ from .hrnet import HRNet
 from .linknet import Linknet
 from .manet import MAnet
 from .nnunet import NNUNet
+from .mednext import MedNeXt
 from .pan import PAN
 from .pspnet import PSPNet
 from .segformer import Segformer
@@ -22,6 +23,7 @@ __all__ = [
     "Linknet",
     "MAnet",
     "NNUNet",
+    "MedNeXt",
     "PSPNet",
     "Segformer",
     "UPerNet",
