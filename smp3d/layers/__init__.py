@@ -28,11 +28,13 @@ from .factories import (
     max_pool,
     strided_pool,
 )
+from .norm import SingleCellBatchNorm, single_cell_safe
 from .upsample import can_fuse_upsample, interpolate, phase_kernels, set_fused_upsample, upsample_conv
 
 __all__ = [
     "NORMS",
     "SCSE",
+    "SingleCellBatchNorm",
     "Activation",
     "Attention",
     "ChannelLayerNorm",
@@ -62,6 +64,7 @@ __all__ = [
     "phase_kernels",
     "set_fused_upsample",
     "set_split_conv",
+    "single_cell_safe",
     "strided_pool",
     "upsample_conv",
 ]
