@@ -10,6 +10,7 @@ import repo_scripts
 import torch
 
 import smp3d
+from smp3d import losses
 from smp3d.encoders import resolve_strides
 from smp3d.encoders.protocol import MAX_TOTAL_REDUCTION
 
@@ -71,3 +72,73 @@ def test_strides_up_to_the_limit_are_accepted():
     assert MAX_TOTAL_REDUCTION == 4096
     assert resolve_strides((16, 16, 16, 1, 1), 5, 2)[-1] == (1, 1)
     assert resolve_strides(((2, 2, 1), (4, 2, 1), 2, (2, 2, 1), (1, 2, 3)), 5, 3)[1] == (4, 2, 1)
+
+
+# --- losses: every constructor argument is checked at construction ---------------------------------------------
+
+#: Bad values for every constructor argument of the losses; a loss with an argument not listed here fails
+#: test_every_loss_argument_is_covered, so a new argument comes with its checks.
+BAD_LOSS_ARGUMENTS: dict[str, list] = {
+    "mode": ["multiclas", 3, None],
+    "ignore_index": ["multiclass", 1.5, True],
+    "smooth": [-1.0, "0.1", float("nan")],
+    "eps": [-1e-7, float("inf"), "1e-7"],
+    "smooth_factor": [1.5, -0.1, "0.1"],
+    "alpha": [-0.5, "0.5", float("nan")],
+    "beta": [-0.5, None],
+    "gamma": [-1.0, "2"],
+    "reduced_threshold": [0.0, -1.0, "0.5"],
+    "class_weights": [[1.0, -1.0], [[1.0, 2.0]], [], "ab", [float("nan"), 1.0]],
+    "classes": [[1.5], "ab", 3],
+    "log_loss": ["yes", 1],
+    "from_logits": ["yes", None],
+    "per_image": ["no", 0],
+    "normalized": ["no"],
+    "reduction": ["avg", None],
+    "weight": [[1.0, 2.0], torch.tensor([-1.0, 1.0]), torch.tensor([True])],
+    "pos_weight": ["a", torch.tensor([float("nan")])],
+    "dim": [1.5, "1"],
+}
+
+
+def _loss_classes() -> dict[str, type]:
+    return {
+        name: obj
+        for name, obj in vars(losses).items()
+        if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and name in losses.__all__
+    }
+
+
+def _loss_cases() -> list[tuple[str, str, object]]:
+    cases = []
+    for name, cls in sorted(_loss_classes().items()):
+        for argument in list(inspect.signature(cls.__init__).parameters)[1:]:
+            cases += [(name, argument, value) for value in BAD_LOSS_ARGUMENTS.get(argument, [])]
+    return cases
+
+
+def _required(cls: type, argument: str) -> dict:
+    """The required arguments (only ``mode``), with a mode where ``argument`` applies."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return {"mode": "multiclass"} if "mode" in parameters and argument != "mode" else {}
+
+
+def test_every_loss_argument_is_covered():
+    assert len(_loss_classes()) >= 10
+    for name, cls in _loss_classes().items():
+        missing = set(list(inspect.signature(cls.__init__).parameters)[1:]) - set(BAD_LOSS_ARGUMENTS)
+        assert not missing, f"{name}: add bad values for {sorted(missing)} to BAD_LOSS_ARGUMENTS"
+
+
+@pytest.mark.parametrize(("loss", "argument", "value"), _loss_cases(), ids=repr)
+def test_bad_loss_arguments_are_refused_at_construction(loss, argument, value):
+    cls = _loss_classes()[loss]
+    with pytest.raises(ValueError, match=rf"^{loss}: .*{argument}") as info:
+        cls(**_required(cls, argument), **{argument: value})
+    assert "\n" not in str(info.value)
+
+
+def test_weighted_cross_entropy_takes_no_mode():
+    with pytest.raises(ValueError, match=r"ignore_index must be an int .* got 'multiclass'\. .* has no mode argument"):
+        losses.WeightedCrossEntropyLoss("multiclass")
+    assert losses.WeightedCrossEntropyLoss(ignore_index=255).ignore_index == 255
