@@ -121,3 +121,60 @@ def test_constructor_errors(kwargs, error, message):
     arguments = dict(encoder_name="resnet18", encoder_depth=5) | kwargs
     with pytest.raises(error, match=message):
         smp3d.Unet(**arguments)
+
+
+def _tiny_unet() -> smp3d.Unet:
+    return smp3d.Unet("plain", encoder_depth=2, decoder_channels=(8, 4), base_channels=4, in_channels=1, classes=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return _tiny_unet().eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool])
+def test_input_dtype_other_than_the_model_s(tiny_model, dtype):
+    x = torch.zeros(1, 1, 8, 8, 8, dtype=dtype)
+    fix = r"x\.float\(\), or the model with model\.\w+\(\), or run it under torch\.autocast"
+    message = rf"Unet's parameters are torch\.float32 but the input is {dtype}\. Convert the input with " + (
+        fix if dtype.is_floating_point else r"x\.float\(\)\.$"
+    )
+    with pytest.raises(TypeError, match=message):
+        tiny_model(x)
+
+
+def test_matching_dtypes_and_autocast_pass(tiny_model):
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        reference = tiny_model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert tiny_model(x).dtype == torch.bfloat16  # float32 input, float32 model: autocast casts
+            assert tiny_model(x.bfloat16()).dtype == torch.bfloat16
+        double = _tiny_unet()
+        double.load_state_dict(tiny_model.state_dict())
+        double = double.double().eval()
+        torch.testing.assert_close(double(x.double()).float(), reference, rtol=1e-4, atol=1e-4)
+        assert double.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_input_on_another_device_than_the_model(tiny_model):
+    with pytest.raises(ValueError, match=r"Unet's parameters are on cpu but the input is on meta\. Move the input"):
+        tiny_model(torch.empty(1, 1, 8, 8, 8, device="meta"))
+    with torch.device("meta"):
+        meta_model = _tiny_unet()
+    with pytest.raises(ValueError, match=r"parameters are on meta but the input is on cpu.*model\.to\('cpu'\)"):
+        meta_model(torch.zeros(1, 1, 8, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 1, 0, 8, 8), r"\(1, 1, 0, 8, 8\): spatial axis 2 \(H\) is empty \(size 0\)"),
+        ((1, 1, 8, 8, 0), r"spatial axis 4 \(D\) is empty"),
+        ((1, 1, 0, 8, 0), r"spatial axis 2 \(H\), axis 4 \(D\) is empty"),
+    ],
+)
+def test_empty_spatial_axis(tiny_model, shape, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(torch.zeros(shape))

@@ -239,7 +239,7 @@ def test_meta_device(arch):
         ("DeepLabV3", dict(decoder_atrous_rates=(12, 24)), r"must be 3 dilation rates.*got \(12, 24\)"),
         ("DeepLabV3", dict(decoder_atrous_rates=((12, 12), 24, 36)), r"tuple of 3\s+positive ints"),
         ("DeepLabV3Plus", dict(decoder_atrous_rates=(0, 24, 36)), r"must be 3 dilation rates.*got \(0, 24, 36\)"),
-        ("DeepLabV3", dict(decoder_channels=0), r"decoder_channels must be a positive int .* got 0"),
+        ("DeepLabV3", dict(decoder_channels=0), r"DeepLabV3: decoder_channels must be a positive int, got 0"),
         ("DeepLabV3Plus", dict(decoder_channels=(256,)), r"decoder_channels must be a positive int"),
         ("DeepLabV3", dict(decoder_aspp_dropout=1.5), r"decoder_aspp_dropout must be a probability .* got 1\.5"),
         ("DeepLabV3Plus", dict(upsampling=0), r"DeepLabV3Plus: upsampling must be None .* got 0"),

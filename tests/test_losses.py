@@ -466,7 +466,11 @@ def test_bf16_saturated_logits_stay_finite() -> None:
         (lambda: losses.DiceLoss("multiclass", classes=[]), ValueError, "at least one class index"),
         (lambda: losses.DiceLoss("multiclass", class_weights=[1, -1]), ValueError, "non-negative"),
         (lambda: losses.FocalLoss("binary", alpha=1.5), ValueError, "alpha must lie in [0, 1]"),
-        (lambda: losses.FocalLoss("binary", reduced_threshold=0.0), ValueError, "reduced_threshold must be"),
+        (
+            lambda: losses.FocalLoss("binary", reduced_threshold=0.0),
+            ValueError,
+            "reduced_threshold must lie in (0, inf]",
+        ),
         (lambda: losses.SoftBCEWithLogitsLoss(smooth_factor=2.0), ValueError, "smooth_factor must lie in"),
         (lambda: losses.SoftCrossEntropyLoss(smooth_factor=-0.1), ValueError, "smooth_factor must lie in"),
     ],

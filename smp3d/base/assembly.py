@@ -16,11 +16,53 @@ from ..encoders.protocol import StridesArg
 
 __all__ = [
     "build_encoder",
+    "check_channels",
+    "check_decoder_channels",
     "check_encoder_depth",
     "final_upsampling",
     "pop_deprecated_norm",
     "refuse_deep_supervision",
 ]
+
+#: smp's per-block decoder channels (Unet, Unet++, MAnet), deepest first; the examples in errors.
+DEFAULT_BLOCK_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_channels(value: Any, name: str, arch: str) -> int:
+    """Raise a ValueError unless ``value`` (the constructor argument ``name`` of ``arch``, a channel
+    count such as ``decoder_channels=256``) is a positive int; return it."""
+    if not _is_positive_int(value):
+        hint = " (one channel count for the whole decoder, not one per block)" if isinstance(value, Sequence) else ""
+        raise ValueError(f"{arch}: {name} must be a positive int, got {value!r}{hint}.")
+    return value
+
+
+def check_decoder_channels(value: Any, blocks: int, arch: str, name: str = "decoder_channels") -> tuple[int, ...]:
+    """Raise a ValueError unless ``value`` is a sequence of ``blocks`` positive ints (one channel count per
+    decoder block, deepest first, as ``decoder_channels=(256, 128, 64, 32, 16)``); return it as a tuple."""
+    example = DEFAULT_BLOCK_CHANNELS[-blocks:] if blocks <= len(DEFAULT_BLOCK_CHANNELS) else None
+    suggestion = f", e.g. {name}={example}." if example else "."
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(
+            f"{arch}: {name} must be a sequence of {blocks} positive ints (one per decoder block, deepest "
+            f"first), got {value!r}{suggestion}"
+        )
+    bad = [item for item in value if not _is_positive_int(item)]
+    if bad:
+        raise ValueError(
+            f"{arch}: {name} must hold positive ints (channels of each decoder block), got {tuple(value)!r} "
+            f"with {', '.join(map(repr, bad))}{suggestion}"
+        )
+    if len(value) != blocks:
+        raise ValueError(
+            f"{arch}: {name} has {len(value)} items but the encoder has {blocks} stages (encoder_depth={blocks}); "
+            f"give one channel count per decoder block{suggestion}"
+        )
+    return tuple(value)
 
 
 def check_encoder_depth(depth: Any, allowed: Sequence[int], arch: str, why: str = "") -> int:

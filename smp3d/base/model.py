@@ -9,7 +9,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ..layers.factories import channels_last_format
 from . import checkpointing
 from . import initialization as init
-from .checks import check_input
+from .checks import check_input, check_input_matches, explain_batch_norm_error
 from .heads import build_deep_supervision_heads, mask_reduction
 from .hub import SegmentationHubMixin
 
@@ -209,9 +209,26 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         return tuple(self.encoder.reductions[-1])
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError if ``x`` does not fit this model (layout, channels, divisibility)."""
+        """Raise a clear error if ``x`` does not fit this model: layout, channels, empty axes and
+        divisibility (ValueError), device (ValueError) and dtype (TypeError; see
+        :func:`~smp3d.base.checks.check_input_matches` for autocast)."""
+        owner = type(self).__name__
         multiple = self.output_stride if self.requires_divisible_input_shape else None
-        check_input(x, self.spatial_dims, self.in_channels, multiple, owner=type(self).__name__)
+        check_input(x, self.spatial_dims, self.in_channels, multiple, owner=owner)
+        check_input_matches(x, next(self.parameters(), None), owner=owner)
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003 - nn.Module's signature
+        # Only the error path differs from nn.Module's: torch's batch-norm error on a single value per
+        # channel (batch 1 in training) becomes one line that names the feature size and the fixes.
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValueError as error:
+            if not self.training or not args:
+                raise
+            explained = explain_batch_norm_error(error, args[0], self.encoder.reductions, type(self).__name__)
+            if explained is None:
+                raise
+            raise explained from error
 
     def forward(
         self, x: torch.Tensor

@@ -27,6 +27,7 @@ strided convolutions, floor for some pools) and each encoder documents it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +38,7 @@ from ..layers.factories import check_spatial_dims
 from .dilation import dilate_module, dilation_schedule
 
 __all__ = [
+    "MAX_TOTAL_REDUCTION",
     "Encoder",
     "EncoderProtocol",
     "StridesArg",
@@ -48,6 +50,11 @@ __all__ = [
 
 Stride = int | Sequence[int]
 StridesArg = Sequence[Stride] | None
+
+#: The largest total reduction (product of the strides) along one axis that ``resolve_strides``
+#: accepts: 4096 voxels per axis is beyond any volume or image a model sees, so a larger product is
+#: a typo (``10**6`` for ``(1, 1, 6)``...) that would otherwise build and fail only in ``forward``.
+MAX_TOTAL_REDUCTION = 2**12
 
 
 @runtime_checkable
@@ -78,7 +85,8 @@ def resolve_strides(
     ``strides`` is ``None`` (use ``default[:depth]`` on every axis) or a sequence of ``depth``
     items, each an int (all axes) or a tuple with one int per axis. ``max_stride`` is the
     largest stride an encoder family's blocks support along one axis (``None``: no limit);
-    ``name`` (the encoder's) makes error messages more specific.
+    ``name`` (the encoder's) makes error messages more specific. The product of the strides along
+    an axis may not exceed :data:`MAX_TOTAL_REDUCTION`.
     """
     owner = f"encoder {name!r}" if name else "this encoder"
     spatial_dims = check_spatial_dims(spatial_dims)
@@ -109,6 +117,15 @@ def resolve_strides(
                 f"`strides` item {stage} is {given!r}, but {owner} supports strides of at most {max_stride} per axis."
             )
         resolved.append(tuple(int(s) for s in item))
+        for axis in range(spatial_dims):
+            total = math.prod(r[axis] for r in resolved)
+            if total > MAX_TOTAL_REDUCTION:
+                raise ValueError(
+                    f"`strides` item {stage} is {given!r}: it takes the total reduction along spatial axis {axis} "
+                    f"to {total} (the product of the strides of stages 1..{stage}), above the limit of "
+                    f"{MAX_TOTAL_REDUCTION} per axis; an input would need at least {total} voxels along that "
+                    f"axis. Each item multiplies the reduction of one stage: use small strides such as 1 or 2."
+                )
     return tuple(resolved)
 
 

@@ -29,11 +29,13 @@ from .factories import (
     strided_pool,
 )
 from .nnunet_blocks import check_kernel_sizes, conv_norm_act
+from .norm import SingleCellBatchNorm, single_cell_safe
 from .upsample import can_fuse_upsample, interpolate, phase_kernels, set_fused_upsample, upsample_conv
 
 __all__ = [
     "NORMS",
     "SCSE",
+    "SingleCellBatchNorm",
     "Activation",
     "Attention",
     "ChannelLayerNorm",
@@ -65,6 +67,7 @@ __all__ = [
     "phase_kernels",
     "set_fused_upsample",
     "set_split_conv",
+    "single_cell_safe",
     "strided_pool",
     "upsample_conv",
 ]

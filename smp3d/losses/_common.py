@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -12,7 +14,11 @@ __all__ = [
     "MULTICLASS_MODE",
     "MULTILABEL_MODE",
     "check_class_selection",
+    "check_flag",
+    "check_ignore_index",
     "check_mode",
+    "check_number",
+    "check_tensor_weight",
     "check_prediction",
     "check_reduction",
     "class_map",
@@ -38,6 +44,57 @@ def check_mode(mode: object, owner: str) -> str:
     return mode  # type: ignore[return-value]
 
 
+def check_ignore_index(value: Any, owner: str) -> int | None:
+    """``ignore_index`` is an int (a label value to skip) or ``None``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        hint = ""
+        if value in _MODES:
+            hint = f" {owner} has no mode argument; pass ignore_index by keyword (ignore_index=...)."
+        raise ValueError(f"{owner}: ignore_index must be an int (a label value to skip) or None, got {value!r}.{hint}")
+    return value
+
+
+def check_flag(value: Any, name: str, owner: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}.")
+    return value
+
+
+def check_number(
+    value: Any,
+    name: str,
+    owner: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    optional: bool = False,
+) -> float | None:
+    """A finite real number in ``[low, high]`` (``(low, high]`` with ``low_open``); ``None`` if ``optional``."""
+    if value is None and optional:
+        return None
+    interval = (
+        f"{'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+    )
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
+    if not ok:
+        also = " or None" if optional else ""
+        raise ValueError(f"{owner}: {name} must lie in {interval} (a finite number){also}, got {value!r}.")
+    return value
+
+
+def check_tensor_weight(value: Any, name: str, owner: str) -> torch.Tensor | None:
+    """``None`` or a real tensor of non-negative, finite weights (checked once, at construction)."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or value.is_complex() or value.dtype == torch.bool:
+        raise ValueError(f"{owner}: {name} must be a real torch.Tensor or None, got {value!r}.")
+    if value.device.type != "meta" and not bool(torch.isfinite(value).all() & (value >= 0).all()):
+        raise ValueError(f"{owner}: {name} must hold finite, non-negative weights, got {value.tolist()}.")
+    return value
+
+
 def check_reduction(reduction: object, owner: str, allowed: Sequence[str] = ("mean", "sum", "none")) -> str:
     if reduction not in allowed:
         raise ValueError(f"{owner}: unknown reduction {reduction!r}; expected one of {', '.join(map(repr, allowed))}.")
@@ -51,15 +108,30 @@ def check_class_selection(
     if classes is not None:
         if mode == BINARY_MODE:
             raise ValueError(f"{owner}: `classes` selects channels and is not supported with mode='binary'.")
-        classes = tuple(int(c) for c in classes)
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+            raise ValueError(f"{owner}: `classes` must be a sequence of class indices or None, got {classes!r}.")
+        if any(isinstance(c, bool) or not isinstance(c, int) for c in classes):
+            raise ValueError(f"{owner}: `classes` must hold int class indices, got {tuple(classes)!r}.")
+        classes = tuple(classes)
         if not classes:
             raise ValueError(f"{owner}: `classes` must name at least one class index, got an empty sequence.")
     weights = None
     if class_weights is not None:
         if mode == BINARY_MODE:
             raise ValueError(f"{owner}: `class_weights` are not supported with mode='binary' (one class only).")
-        weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
-        if weights.numel() == 0 or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        try:
+            weights = torch.as_tensor(class_weights, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"{owner}: `class_weights` must be a sequence of one number per class, got {class_weights!r}."
+            ) from error
+        if weights.ndim != 1:
+            raise ValueError(
+                f"{owner}: `class_weights` must be one number per class (a flat sequence), got shape "
+                f"{tuple(weights.shape)}: {weights.tolist()}."
+            )
+        finite = bool(torch.isfinite(weights).all())
+        if not finite or weights.numel() == 0 or bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise ValueError(
                 f"{owner}: `class_weights` must be non-negative with a positive sum, got {weights.tolist()}."
             )

@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_prediction, check_reduction, class_map, full_precision, to_float
+from ._common import (
+    check_ignore_index,
+    check_number,
+    check_prediction,
+    check_reduction,
+    check_tensor_weight,
+    class_map,
+    full_precision,
+    to_float,
+)
 
 __all__ = ["SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss", "WeightedCrossEntropyLoss"]
 
@@ -62,10 +71,11 @@ class SoftBCEWithLogitsLoss(nn.Module):
         super().__init__()
         owner = type(self).__name__
         self.reduction = check_reduction(reduction, owner)
-        if smooth_factor is not None and not 0.0 <= smooth_factor <= 1.0:
-            raise ValueError(f"{owner}: smooth_factor must lie in [0, 1] or be None, got {smooth_factor}.")
-        self.ignore_index = ignore_index
+        check_number(smooth_factor, "smooth_factor", owner, 0.0, 1.0, optional=True)
+        self.ignore_index = check_ignore_index(ignore_index, owner)
         self.smooth_factor = smooth_factor
+        weight = check_tensor_weight(weight, "weight", owner)
+        pos_weight = check_tensor_weight(pos_weight, "pos_weight", owner)
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
 
@@ -126,10 +136,11 @@ class SoftCrossEntropyLoss(nn.Module):
         super().__init__()
         owner = type(self).__name__
         self.reduction = check_reduction(reduction, owner)
-        if smooth_factor is not None and not 0.0 <= smooth_factor <= 1.0:
-            raise ValueError(f"{owner}: smooth_factor must lie in [0, 1] or be None, got {smooth_factor}.")
+        check_number(smooth_factor, "smooth_factor", owner, 0.0, 1.0, optional=True)
         self.smooth_factor = smooth_factor
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index, owner)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(f"{owner}: dim must be an int (the class axis of the prediction), got {dim!r}.")
         self.dim = dim
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
@@ -176,9 +187,10 @@ class WeightedCrossEntropyLoss(nn.Module):
 
     def __init__(self, ignore_index: int | None = -1, reduction: str = "mean", eps: float = 1e-7) -> None:
         super().__init__()
-        self.reduction = check_reduction(reduction, type(self).__name__)
-        self.ignore_index = ignore_index
-        self.eps = eps
+        owner = type(self).__name__
+        self.reduction = check_reduction(reduction, owner)
+        self.ignore_index = check_ignore_index(ignore_index, owner)
+        self.eps = check_number(eps, "eps", owner, 0.0)
 
     @staticmethod
     def class_weights(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -11,7 +11,10 @@ from torch import nn
 from ._common import (
     MULTICLASS_MODE,
     check_class_selection,
+    check_flag,
+    check_ignore_index,
     check_mode,
+    check_number,
     check_prediction,
     dense_targets,
     full_precision,
@@ -66,14 +69,14 @@ class TverskyLoss(nn.Module):
         self.mode = check_mode(mode, owner)
         self.classes, weights = check_class_selection(classes, class_weights, mode, owner)
         self.register_buffer("class_weights", weights, persistent=False)
-        self.log_loss = log_loss
-        self.from_logits = from_logits
-        self.smooth = smooth
-        self.ignore_index = ignore_index
-        self.eps = eps
-        self.alpha = alpha
-        self.beta = beta
-        self.gamma = gamma
+        self.log_loss = check_flag(log_loss, "log_loss", owner)
+        self.from_logits = check_flag(from_logits, "from_logits", owner)
+        self.smooth = check_number(smooth, "smooth", owner, 0.0)
+        self.ignore_index = check_ignore_index(ignore_index, owner)
+        self.eps = check_number(eps, "eps", owner, 0.0)
+        self.alpha = check_number(alpha, "alpha", owner, 0.0)
+        self.beta = check_number(beta, "beta", owner, 0.0)
+        self.gamma = check_number(gamma, "gamma", owner, 0.0, low_open=True)
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__

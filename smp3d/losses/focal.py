@@ -11,7 +11,10 @@ from ._common import (
     BINARY_MODE,
     MULTICLASS_MODE,
     check_class_selection,
+    check_flag,
+    check_ignore_index,
     check_mode,
+    check_number,
     check_prediction,
     check_reduction,
     dense_targets,
@@ -72,16 +75,13 @@ class FocalLoss(nn.Module):
         self.reduction = check_reduction(reduction, owner)
         _, weights = check_class_selection(None, class_weights, mode, owner)
         self.register_buffer("class_weights", weights, persistent=False)
-        if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"{owner}: alpha must lie in [0, 1] or be None, got {alpha}.")
-        if reduced_threshold is not None and reduced_threshold <= 0:
-            raise ValueError(f"{owner}: reduced_threshold must be positive or None, got {reduced_threshold}.")
-        self.alpha = alpha
-        self.gamma = gamma
-        self.ignore_index = ignore_index
-        self.from_logits = from_logits
-        self.eps = eps
-        self.normalized = normalized
+        self.alpha = check_number(alpha, "alpha", owner, 0.0, 1.0, optional=True)
+        check_number(reduced_threshold, "reduced_threshold", owner, 0.0, low_open=True, optional=True)
+        self.gamma = check_number(gamma, "gamma", owner, 0.0)
+        self.ignore_index = check_ignore_index(ignore_index, owner)
+        self.from_logits = check_flag(from_logits, "from_logits", owner)
+        self.eps = check_number(eps, "eps", owner, 0.0)
+        self.normalized = check_flag(normalized, "normalized", owner)
         self.reduced_threshold = reduced_threshold
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:

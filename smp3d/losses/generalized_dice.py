@@ -9,7 +9,10 @@ from torch import nn
 from ._common import (
     BINARY_MODE,
     MULTICLASS_MODE,
+    check_flag,
+    check_ignore_index,
     check_mode,
+    check_number,
     check_prediction,
     dense_targets,
     full_precision,
@@ -63,11 +66,12 @@ class GeneralizedDiceLoss(nn.Module):
         smooth: float = 0.0,
     ) -> None:
         super().__init__()
-        self.mode = check_mode(mode, type(self).__name__)
-        self.from_logits = from_logits
-        self.ignore_index = ignore_index
-        self.eps = eps
-        self.smooth = smooth
+        owner = type(self).__name__
+        self.mode = check_mode(mode, owner)
+        self.from_logits = check_flag(from_logits, "from_logits", owner)
+        self.ignore_index = check_ignore_index(ignore_index, owner)
+        self.eps = check_number(eps, "eps", owner, 0.0)
+        self.smooth = check_number(smooth, "smooth", owner, 0.0)
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__

@@ -7,6 +7,8 @@ from torch import nn
 
 from ._common import (
     MULTICLASS_MODE,
+    check_flag,
+    check_ignore_index,
     check_mode,
     check_prediction,
     class_map,
@@ -85,10 +87,11 @@ class LovaszLoss(nn.Module):
         from_logits: bool = True,
     ) -> None:
         super().__init__()
-        self.mode = check_mode(mode, type(self).__name__)
-        self.per_image = per_image
-        self.ignore_index = ignore_index
-        self.from_logits = from_logits
+        owner = type(self).__name__
+        self.mode = check_mode(mode, owner)
+        self.per_image = check_flag(per_image, "per_image", owner)
+        self.ignore_index = check_ignore_index(ignore_index, owner)
+        self.from_logits = check_flag(from_logits, "from_logits", owner)
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__

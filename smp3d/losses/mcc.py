@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import BINARY_MODE, check_prediction, dense_targets, full_precision, to_float
+from ._common import BINARY_MODE, check_flag, check_number, check_prediction, dense_targets, full_precision, to_float
 
 __all__ = ["MCCLoss"]
 
@@ -26,8 +26,9 @@ class MCCLoss(nn.Module):
 
     def __init__(self, eps: float = 1e-5, from_logits: bool = False) -> None:
         super().__init__()
-        self.eps = eps
-        self.from_logits = from_logits
+        owner = type(self).__name__
+        self.eps = check_number(eps, "eps", owner, 0.0)
+        self.from_logits = check_flag(from_logits, "from_logits", owner)
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...layers import adaptive_avg_pool, batch_norm, conv, interpolation_mode
+from ...layers import SingleCellBatchNorm, adaptive_avg_pool, batch_norm, conv, interpolation_mode
 
 __all__ = [
     "ASPP",
@@ -148,6 +148,10 @@ class ASPPSeparableConv(nn.Sequential):
 class ASPPPooling(nn.Sequential):
     """Image-level context: global average pool -> 1x1 conv -> BN -> ReLU, broadcast back to the input size.
 
+    The BN is a :class:`~smp3d.layers.SingleCellBatchNorm`: with a batch of one in training (one
+    value per channel, where torch and smp raise) it normalizes with its running statistics; any
+    other batch is plain batch norm.
+
     Interpolating a single voxel to any size gives that value everywhere, so the broadcast is an
     ``expand`` (no copy), identical to smp's bilinear interpolation.
     """
@@ -156,7 +160,8 @@ class ASPPPooling(nn.Sequential):
         super().__init__(
             adaptive_avg_pool(spatial_dims)(1),
             conv(spatial_dims)(in_channels, out_channels, kernel_size=1, bias=False),
-            *_norm_relu(out_channels, spatial_dims),
+            SingleCellBatchNorm(out_channels),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

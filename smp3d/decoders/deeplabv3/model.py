@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, check_encoder_depth, final_upsampling
+from ...base.assembly import build_encoder, check_channels, check_encoder_depth, final_upsampling
 from ...encoders.dilation import resolve_output_stride
 from ...encoders.protocol import StridesArg
 from ...layers import check_spatial_dims
@@ -105,6 +105,7 @@ class DeepLabV3(SegmentationModel):
     ):
         super().__init__()
         check_classes(classes)
+        decoder_channels = check_channels(decoder_channels, "decoder_channels", "DeepLabV3")
         _check_output_stride(encoder_output_stride, spatial_dims, "DeepLabV3")
         self.encoder = build_encoder(
             "DeepLabV3",
@@ -213,6 +214,7 @@ class DeepLabV3Plus(SegmentationModel):
             "with the default strides), so it needs at least 3 encoder stages.",
         )
         check_classes(classes)
+        decoder_channels = check_channels(decoder_channels, "decoder_channels", "DeepLabV3Plus")
         _check_output_stride(encoder_output_stride, spatial_dims, "DeepLabV3Plus")
         self.encoder = build_encoder(
             "DeepLabV3Plus",

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, check_encoder_depth, final_upsampling
+from ...base.assembly import build_encoder, check_channels, check_encoder_depth, final_upsampling
 from ...encoders.protocol import StridesArg
 from .decoder import PYRAMID_LEVELS, FPNDecoder
 
@@ -93,6 +93,10 @@ class FPN(SegmentationModel):
             f"Its pyramid has {PYRAMID_LEVELS} levels: the deepest {PYRAMID_LEVELS} features, counting the input.",
         )
         check_classes(classes)
+        decoder_pyramid_channels = check_channels(decoder_pyramid_channels, "decoder_pyramid_channels", "FPN")
+        decoder_segmentation_channels = check_channels(
+            decoder_segmentation_channels, "decoder_segmentation_channels", "FPN"
+        )
         self.encoder = build_encoder(
             "FPN",
             encoder_name,

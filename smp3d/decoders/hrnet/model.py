@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, check_encoder_depth, final_upsampling
+from ...base.assembly import build_encoder, check_channels, check_encoder_depth, final_upsampling
 from ...encoders.protocol import StridesArg
 from ...layers.blocks import NormSpec
 from .decoder import HRNetDecoder
@@ -82,6 +82,7 @@ class HRNet(SegmentationModel):
         super().__init__()
         check_encoder_depth(encoder_depth, range(1, 6), "HRNet")
         check_classes(classes)
+        decoder_channels = check_channels(decoder_channels, "decoder_channels", "HRNet")
         if isinstance(upsampling, str) and upsampling not in (TRANSPOSED, *INTERPOLATED):
             raise ValueError(
                 f"HRNet: upsampling must be 'bilinear' (interpolation), 'transposed' (learned), None, a positive "

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, pop_deprecated_norm
+from ...base.assembly import build_encoder, check_channels, check_decoder_channels, pop_deprecated_norm
 from ...encoders.protocol import StridesArg
 from ...layers.blocks import NormSpec
 from .decoder import MAnetDecoder
@@ -85,6 +85,7 @@ class MAnet(SegmentationModel):
         super().__init__()
         decoder_use_norm = pop_deprecated_norm(kwargs, decoder_use_norm)
         check_classes(classes)
+        decoder_pab_channels = check_channels(decoder_pab_channels, "decoder_pab_channels", "MAnet")
         self.encoder = build_encoder(
             "MAnet",
             encoder_name,
@@ -95,6 +96,7 @@ class MAnet(SegmentationModel):
             strides=strides,
             **kwargs,
         )
+        decoder_channels = check_decoder_channels(decoder_channels, len(self.encoder.out_channels) - 1, "MAnet")
         self.decoder = MAnetDecoder(
             encoder_channels=self.encoder.out_channels,
             reductions=self.encoder.reductions,

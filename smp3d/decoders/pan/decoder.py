@@ -7,6 +7,10 @@
   the level's size, plus the level's 3x3 projection weighted by a channel attention computed from
   the coarser map.
 
+The batch norms of the global-pooling branches and of the FPA's halved pyramid train on a batch of
+one sample even where they see one value per channel (smp raises there): they then normalize
+with their running statistics (:class:`~smp3d.layers.SingleCellBatchNorm`).
+
 Every resize goes to the size of an actual tensor, never by an assumed factor. The FPA halves an
 axis only while it has at least 2 voxels; shorter axes (thick-slice volumes, anisotropic strides)
 stay at 1 instead of vanishing, so the decoder works for any feature size, down to 1 voxel per
@@ -21,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...layers import adaptive_avg_pool, batch_norm, conv, interpolation_mode
+from ...layers import adaptive_avg_pool, batch_norm, conv, interpolation_mode, single_cell_safe
 
 __all__ = ["ConvBNAct", "FPABlock", "GAUBlock", "HalvingMaxPool", "PANDecoder"]
 
@@ -72,6 +76,14 @@ def _one_channel_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return conv._conv_forward(x, weight, conv.bias)
 
 
+def _single_cell_safe_norms(part: nn.Module, spatial_dims: int) -> None:
+    """Make the batch norms of a pooled or halved branch train on one value per channel (batch 1);
+    see :class:`~smp3d.layers.SingleCellBatchNorm`."""
+    for block in part.modules():
+        if isinstance(block, ConvBNAct):
+            block.bn = single_cell_safe(block.bn, spatial_dims)
+
+
 class HalvingMaxPool(nn.Module):
     """Max pool of kernel and stride 2 along every axis with at least 2 voxels; axes of size 1 are kept."""
 
@@ -107,6 +119,8 @@ class FPABlock(nn.Module):
         )
         self.conv2 = ConvBNAct(1, 1, 5, padding=2, spatial_dims=spatial_dims)
         self.conv1 = ConvBNAct(1, 1, 7, padding=3, spatial_dims=spatial_dims)
+        for part in (self.branch1, self.down1, self.down2, self.down3, self.conv2, self.conv1):
+            _single_cell_safe_norms(part, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
@@ -136,6 +150,7 @@ class GAUBlock(nn.Module):
             nn.Sigmoid(),
         )
         self.conv2 = ConvBNAct(in_channels, out_channels, 3, padding=1, spatial_dims=spatial_dims)
+        _single_cell_safe_norms(self.conv1, spatial_dims)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x``: the finer (low-level) feature; ``y``: the coarser decoded map."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, check_encoder_depth, final_upsampling
+from ...base.assembly import build_encoder, check_channels, check_encoder_depth, final_upsampling
 from ...encoders.protocol import StridesArg
 from .decoder import PANDecoder
 
@@ -96,6 +96,7 @@ class PAN(SegmentationModel):
             "It decodes down to encoder feature 2 and needs a deeper feature for its pyramid attention.",
         )
         check_classes(classes)
+        decoder_channels = check_channels(decoder_channels, "decoder_channels", "PAN")
         upscale_mode = kwargs.pop("upscale_mode", None)
         if upscale_mode is not None:
             warnings.warn("upscale_mode is deprecated; use decoder_interpolation.", DeprecationWarning, stacklevel=2)

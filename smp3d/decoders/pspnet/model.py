@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, final_upsampling, pop_deprecated_norm
+from ...base.assembly import build_encoder, check_channels, final_upsampling, pop_deprecated_norm
 from ...encoders.protocol import StridesArg
 from ...layers.blocks import NormSpec
 from .decoder import PSPDecoder
@@ -78,6 +78,7 @@ class PSPNet(SegmentationModel):
         super().__init__()
         decoder_use_norm = pop_deprecated_norm(kwargs, decoder_use_norm, "psp_use_batchnorm")
         check_classes(classes)
+        psp_out_channels = check_channels(psp_out_channels, "psp_out_channels", "PSPNet")
         self.encoder = build_encoder(
             "PSPNet",
             encoder_name,

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, check_encoder_depth, final_upsampling
+from ...base.assembly import build_encoder, check_channels, check_encoder_depth, final_upsampling
 from ...encoders.protocol import StridesArg
 from .decoder import TARGET_LEVEL, SegformerDecoder
 
@@ -77,6 +77,9 @@ class Segformer(SegmentationModel):
             f"Its output is at encoder level {TARGET_LEVEL} and fuses it with at least one deeper level.",
         )
         check_classes(classes)
+        decoder_segmentation_channels = check_channels(
+            decoder_segmentation_channels, "decoder_segmentation_channels", "Segformer"
+        )
         self.encoder = build_encoder(
             "Segformer",
             encoder_name,

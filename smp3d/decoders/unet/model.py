@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, pop_deprecated_norm
+from ...base.assembly import build_encoder, check_decoder_channels, pop_deprecated_norm
 from ...encoders.protocol import StridesArg
 from ...layers.blocks import NormSpec
 from .decoder import TRANSPOSED, UnetDecoder
@@ -86,6 +86,7 @@ class Unet(SegmentationModel):
             strides=strides,
             **kwargs,
         )
+        decoder_channels = check_decoder_channels(decoder_channels, len(self.encoder.out_channels) - 1, "Unet")
         self.decoder = UnetDecoder(
             encoder_channels=self.encoder.out_channels,
             reductions=self.encoder.reductions,

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, check_encoder_depth, pop_deprecated_norm
+from ...base.assembly import build_encoder, check_decoder_channels, check_encoder_depth, pop_deprecated_norm
 from ...encoders.protocol import StridesArg
 from ...layers.blocks import NormSpec
 from .decoder import UnetPlusPlusDecoder
@@ -103,6 +103,7 @@ class UnetPlusPlus(SegmentationModel):
             strides=strides,
             **kwargs,
         )
+        decoder_channels = check_decoder_channels(decoder_channels, len(self.encoder.out_channels) - 1, "UnetPlusPlus")
         self.decoder = UnetPlusPlusDecoder(
             encoder_channels=self.encoder.out_channels,
             reductions=self.encoder.reductions,

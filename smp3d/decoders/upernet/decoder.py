@@ -18,10 +18,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ...layers import ChannelLayerNorm, ConvNormAct, adaptive_avg_pool, batch_norm, interpolation_mode
+from ...layers import (
+    ChannelLayerNorm,
+    ConvNormAct,
+    SingleCellBatchNorm,
+    adaptive_avg_pool,
+    interpolation_mode,
+    single_cell_safe,
+)
 from ...layers.blocks import NormSpec
 
 __all__ = ["FIRST_LEVEL", "FPNLateralBlock", "PSPModule", "SingleCellBatchNorm", "UPerNetDecoder"]
@@ -38,32 +44,6 @@ def _resize(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
     if tuple(x.shape[2:]) == size:
         return x
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
-
-
-class SingleCellBatchNorm(_BatchNorm):
-    """Batch norm (any spatial_dims) for a branch pooled to a single cell.
-
-    In training, a batch of one sample then holds a single value per channel, which has no
-    batch statistics (torch raises); this layer normalizes it with its running statistics
-    instead (not updating them), as in eval mode. Any other input is plain batch norm, and the
-    parameters and buffers are those of ``nn.BatchNorm2d``/``3d``, so state dicts are unchanged.
-    """
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 3:
-            raise ValueError(f"SingleCellBatchNorm expects a (B, C, *spatial) input, got shape {tuple(x.shape)}.")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.track_running_stats and x.numel() == x.shape[1]:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        return super().forward(x)
-
-
-def _single_cell_safe(norm: nn.Module, spatial_dims: int) -> nn.Module:
-    """Swap a plain batch norm for :class:`SingleCellBatchNorm` with the same settings; keep anything else."""
-    if type(norm) is batch_norm(spatial_dims) and norm.track_running_stats:
-        return SingleCellBatchNorm(norm.num_features, norm.eps, norm.momentum, norm.affine, True)
-    return norm
 
 
 class PSPModule(nn.Module):
@@ -94,7 +74,7 @@ class PSPModule(nn.Module):
         for size, block in zip(sizes, self.blocks, strict=True):
             if size != 1:
                 continue
-            block[1][1] = _single_cell_safe(block[1][1], spatial_dims)
+            block[1][1] = single_cell_safe(block[1][1], spatial_dims)
             if isinstance(block[1][1], _InstanceNorm):
                 raise ValueError(
                     "UPerNet's pyramid pooling has a branch pooled to 1 cell per axis, and instance norm "

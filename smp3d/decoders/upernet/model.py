@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...base import SegmentationHead, SegmentationModel, build_classification_head, check_classes
-from ...base.assembly import build_encoder, check_encoder_depth, final_upsampling, pop_deprecated_norm
+from ...base.assembly import build_encoder, check_channels, check_encoder_depth, final_upsampling, pop_deprecated_norm
 from ...encoders.protocol import StridesArg
 from ...layers.blocks import NormSpec
 from .decoder import FIRST_LEVEL, UPerNetDecoder
@@ -98,6 +98,7 @@ class UPerNet(SegmentationModel):
         )
         decoder_use_norm = pop_deprecated_norm(kwargs, decoder_use_norm)
         check_classes(classes)
+        decoder_channels = check_channels(decoder_channels, "decoder_channels", "UPerNet")
         self.encoder = build_encoder(
             "UPerNet",
             encoder_name,
