@@ -5,8 +5,8 @@ from .fpn import FPN
 from .hrnet import HRNet
 from .linknet import Linknet
 from .manet import MAnet
-from .nnunet import NNUNet
 from .mednext import MedNeXt
+from .nnunet import NNUNet
 from .pan import PAN
 from .pspnet import PSPNet
 from .segformer import Segformer
