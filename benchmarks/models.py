@@ -14,6 +14,12 @@ a table with the ratio ``theirs / ours`` (above 1: smp3d is faster).
     python benchmarks/models.py --device cpu                  # 1x1x64^3, float32: the CPU targets
     python benchmarks/models.py                                # CUDA: 2x1x128^3, bf16, channels_last_3d
     python benchmarks/models.py --compile --markdown --out gpu.json
+    python benchmarks/models.py --device cpu --nnunet --markdown   # nnU-Net's networks vs smp3d.from_nnunet
+
+``--nnunet`` compares nnU-Net's own networks (``dynamic_network_architectures`` ``ResidualEncoderUNet`` and
+``PlainConvUNet`` at the usual 3d_fullres topology: 6 stages, widths 32..320, kernel 3, strides 1, 2, 2, 2, 2,
+2; ResEnc blocks 1, 3, 4, 6, 6, 6 with one conv per decoder block, plain with two) with the smp3d model
+``smp3d.from_nnunet`` builds from them, carrying their weights. Deep supervision is off on both sides.
 
 segmentation_models_pytorch_3d pins an old timm: install it next to ours with
 ``pip install --no-deps segmentation-models-pytorch-3d==1.0.2 timm-3d==1.0.1 pretrainedmodels==0.7.4
@@ -35,6 +41,43 @@ import torch
 import torch.nn as nn
 
 ENCODERS = ("resnet34", "efficientnet-b0")
+NNUNET_NETWORKS = ("ResidualEncoderUNet", "PlainConvUNet")
+
+
+def nnunet_network(name: str, in_channels: int = 1, classes: int = 2) -> nn.Module:
+    """nnU-Net's 3d_fullres network of class ``name``, as its planners write it for a 3D dataset."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+    common = dict(
+        input_channels=in_channels,
+        n_stages=6,
+        features_per_stage=(32, 64, 128, 256, 320, 320),
+        conv_op=nn.Conv3d,
+        kernel_sizes=3,
+        strides=(1, 2, 2, 2, 2, 2),
+        num_classes=classes,
+        conv_bias=True,
+        norm_op=nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+        deep_supervision=False,
+    )
+    if name == "ResidualEncoderUNet":
+        return ResidualEncoderUNet(n_blocks_per_stage=(1, 3, 4, 6, 6, 6), n_conv_per_stage_decoder=1, **common)
+    return PlainConvUNet(n_conv_per_stage=2, n_conv_per_stage_decoder=2, **common)
+
+
+def nnunet_builders(name: str) -> dict[str, Callable[[], nn.Module]]:
+    """smp3d's model (built by ``from_nnunet`` from nnU-Net's, same weights) and nnU-Net's network."""
+    import smp3d
+
+    try:
+        import dynamic_network_architectures  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - an optional comparison library
+        print(f"# dynamic_network_architectures unavailable: {type(exc).__name__}: {exc}")
+        return {}
+    return {"smp3d": lambda: smp3d.from_nnunet(nnunet_network(name)), "nnunet": lambda: nnunet_network(name)}
 
 
 def builders(encoder: str) -> dict[str, Callable[[], nn.Module]]:
@@ -206,18 +249,19 @@ def run_case(library, make, shape, device, dtype, channels_last, train, compile_
 
 
 def markdown(rows: list[dict]) -> str:
-    """One line per case: ours, theirs and the ratio theirs / ours."""
+    """One line per case: ours, the peer's (smp-3d or nnU-Net) and the ratio peer / ours."""
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         key = (r["model"], r["mode"], r["dtype"], r["channels_last"], r["compiled"])
         keyed.setdefault(key, {})[r["library"]] = r
     head = (
-        "| model | mode | dtype | channels_last | compiled | smp3d ms | smp-3d ms | smp-3d / smp3d "
-        "| GFLOP executed (smp3d, smp-3d) | smp3d GFLOP without fusion |"
+        "| model | mode | dtype | channels_last | compiled | smp3d ms | peer ms | peer / smp3d "
+        "| GFLOP executed (smp3d, peer) | smp3d GFLOP without fusion |"
     )
     lines = [head, "|---|---|---|---|---|---:|---:|---:|---|---:|"]
     for (model, mode, dtype, cl, compiled), libs in keyed.items():
-        ours, theirs = libs.get("smp3d"), libs.get("smp-3d")
+        ours = libs.get("smp3d")
+        theirs = next((row for library, row in libs.items() if library != "smp3d"), None)
         ratio = f"{theirs['ms'] / ours['ms']:.2f}" if ours and theirs else "-"
         flops = ", ".join(str(lib["gflop"]) for lib in (ours, theirs) if lib)
         lines.append(
@@ -264,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS))
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--nnunet", action="store_true", help="nnU-Net's networks vs smp3d instead of the Unets")
     args = parser.parse_args(argv)
     device, shape = device_and_shape(args)
     gpu = device.type == "cuda"
@@ -272,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     # GPU: the anchors' configurations; CPU: float32 eager only (the CPU target).
     configs = [(torch.bfloat16, True), (torch.bfloat16, False), (None, False)] if gpu else [(None, False)]
     rows: list[dict] = []
-    for encoder in args.encoders:
-        libraries = builders(encoder)
+    models = [(f"{n}(nnU-Net 3d_fullres)", nnunet_builders(n)) for n in NNUNET_NETWORKS] if args.nnunet else []
+    models = models or [(f"Unet({encoder})", builders(encoder)) for encoder in args.encoders]
+    for model_name, libraries in models:
         for dtype, channels_last in configs:
             for train in (True, False):
                 for compile_ in (False, True) if args.compile else (False,):
@@ -285,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     # Compiled cases compile once per build: one round.
                     for record in measure(preparers, device, iters, rounds=1 if compile_ else args.rounds):
-                        record["model"] = f"Unet({encoder})"
+                        record["model"] = model_name
                         rows.append(record)
                         print(json.dumps(record), flush=True)
     if args.markdown:

@@ -184,7 +184,7 @@ class ResidualEncoder(Encoder):
 def _spec(name: str, vram_gb: int) -> EncoderSpec:
     return EncoderSpec(
         build=partial(ResidualEncoder, name=name),
-        out_channels=(3, *default_features(5, 3)),
+        out_channels=None,  # widths depend on spatial_dims (cap 320 in 3D, 512 in 2D): see default_features
         strides=DEFAULT_STRIDES,
         family="resenc",
         max_depth=MAX_DEPTH,

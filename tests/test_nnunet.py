@@ -338,3 +338,15 @@ def test_encoder_weights_of_a_checkpoint_initialise_a_resenc_encoder(tmp_path):
     wrong = smp3d.get_encoder("resenc_l", in_channels=2, depth=4, strides=strides, features=FEATURES)
     with pytest.raises(ValueError, match="do not fit this encoder"):
         load_nnunet_encoder_weights(wrong, path)
+
+
+def test_converted_model_round_trips_through_save_pretrained(tmp_path):
+    model = smp3d.from_nnunet(nnunet_network("resenc", 3, "aniso"))
+    model.save_pretrained(tmp_path / "model")
+    loaded = smp3d.from_pretrained(tmp_path / "model")
+    assert isinstance(loaded, smp3d.NNUNet) and loaded.deep_supervision
+    assert loaded.encoder.kernel_sizes == model.encoder.kernel_sizes and loaded.encoder.strides == model.encoder.strides
+    x = _input(3, "aniso")
+    with torch.no_grad():
+        for a, b in zip(model.train()(x), loaded.train()(x), strict=True):
+            torch.testing.assert_close(b, a)

@@ -118,6 +118,9 @@ def test_group_norm_groups():
         ({"base_channels": 0}, "base_channels must be a positive int"),
         ({"num_groups": 0}, "num_groups must be a positive int"),
         ({"downsampling": "lanczos"}, "downsampling must be one of"),
+        ({"max_channels": 0}, "max_channels must be None or a positive int"),
+        ({"conv_bias": "yes"}, "conv_bias must be None"),
+        ({"depth": 2, "kernel_sizes": (3, 4)}, "odd positive ints"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -5,8 +5,9 @@ and stride are the per-axis ratio of the two levels' reductions, to the skip con
 concatenates the skip; then applies ``convs`` conv-InstanceNorm-LeakyReLU units
 (:func:`~smp3d.layers.conv_norm_act`) with the skip level's kernel size, keeping that width. So the
 decoder's widths mirror the encoder's, as in nnU-Net. The decoder stops at the encoder's first
-feature (item 1), not at the input: with nnU-Net's encoders (first stage stride 1) that is full
-resolution, with others the model's head upsamples the rest.
+feature (item 1; the first with channels, for encoders that report a 0-channel placeholder), not at
+the input: with nnU-Net's encoders (first stage stride 1) that is full resolution, with others the
+model's head upsamples the rest.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class NNUNetDecoder(nn.Module):
                 f"NNUNetDecoder needs an encoder with at least one stage, got channels {encoder_channels}."
             )
         kernels = check_kernel_sizes(kernel_sizes, depth, spatial_dims, "NNUNetDecoder")
-        n_blocks = depth - 1
+        # The finest level is the first feature with channels (some pyramids start at reduction 4).
+        first = next((i for i in range(1, depth + 1) if encoder_channels[i] > 0), depth)
+        n_blocks = depth - first
         if isinstance(convs_per_block, int) and not isinstance(convs_per_block, bool):
             convs_per_block = (convs_per_block,) * n_blocks
         if (
@@ -113,8 +116,9 @@ class NNUNetDecoder(nn.Module):
                 )
             )
         #: Channels and per-axis reductions of the levels :meth:`forward_levels` returns, finest first.
-        self.level_channels = tuple(int(c) for c in encoder_channels[1:depth]) or (int(encoder_channels[1]),)
-        self.level_reductions = tuple(tuple(r) for r in reductions[1:depth]) or (tuple(reductions[1]),)
+        stop = max(depth, first + 1)
+        self.level_channels = tuple(int(c) for c in encoder_channels[first:stop])
+        self.level_reductions = tuple(tuple(r) for r in reductions[first:stop])
 
     def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every block's output, finest first: ``(B, level_channels[j], *spatial / level_reductions[j])``."""
