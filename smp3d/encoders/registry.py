@@ -310,21 +310,58 @@ class EncoderRegistry:
             if spec.load_weights is not None and isinstance(weights, str) and weights in spec.weights:
                 spec.load_weights(encoder, weights, name, spec)
             else:
-                deeper_keys = self._deeper_keys(spec, encoder, arguments, kwargs)
+                deeper_keys = self._deeper_keys(name, spec, encoder, arguments, kwargs)
                 load_encoder_weights(encoder, weights, name=name, spec=spec, deeper_keys=deeper_keys)
             if in_channels != build_channels:
                 adapt_input_channels(encoder, in_channels, pretrained=True)
         validate_encoder(encoder, depth, in_channels, spatial_dims, name)
+        if depth < spec.max_depth:
+            unused = _UnusedStageKeys(name, arguments, kwargs)
+            encoder._smp3d_unused_stage_keys = unused
+            encoder._register_load_state_dict_pre_hook(unused.hook, with_module=True)
         return encoder
 
     @staticmethod
-    def _deeper_keys(spec: EncoderSpec, encoder: nn.Module, arguments: dict, kwargs: dict) -> set[str]:
+    def _deeper_keys(name: str, spec: EncoderSpec, encoder: nn.Module, arguments: dict, kwargs: dict) -> set[str]:
         """Keys of the stages a shallow build leaves out: pretrained weights are for the full depth."""
         if arguments["depth"] >= spec.max_depth:
             return set()
-        with torch.device("meta"):
-            full = spec.build(**{**arguments, "depth": spec.max_depth, "strides": None}, **kwargs)
-        return set(full.state_dict()) - set(encoder.state_dict())
+        return set(_UnusedStageKeys(name, arguments, kwargs)(encoder))
+
+
+class _UnusedStageKeys:
+    """The state-dict keys of the stages a build below ``max_depth`` leaves out (computed once, on
+    the meta device, when first asked): segmentation_models_pytorch keeps those stages unused.
+
+    Set on such an encoder as ``_smp3d_unused_stage_keys`` and registered as its ``load_state_dict``
+    pre-hook, so smp's checkpoints load strictly. Holds only the name and build arguments, so the
+    encoder still deep-copies and pickles.
+    """
+
+    def __init__(self, name: str, arguments: dict, kwargs: dict) -> None:
+        self.name, self.arguments, self.kwargs = name, dict(arguments), dict(kwargs)
+        self.keys: frozenset[str] | None = None
+
+    def __call__(self, encoder: nn.Module) -> frozenset[str]:
+        if self.keys is None:
+            spec = _registry().spec(self.name)
+            full_arguments = {**self.arguments, "depth": spec.max_depth, "strides": None}
+            with torch.device("meta"):
+                full = spec.build(**full_arguments, **self.kwargs)
+            self.keys = frozenset(set(full.state_dict()) - set(encoder.state_dict()))
+        return self.keys
+
+    def hook(self, encoder: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Drop smp's unused deeper-stage keys of ``encoder`` from ``state_dict`` (one warning)."""
+        own = set(encoder.state_dict())
+        if not any(k.startswith(prefix) and k[len(prefix) :] not in own for k in state_dict):
+            return
+        from .weights import drop_unused_stage_keys
+
+        inner = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        kept = drop_unused_stage_keys(encoder, inner)
+        for k in inner.keys() - kept.keys():
+            del state_dict[prefix + k]
 
 
 _REGISTRY = EncoderRegistry()
