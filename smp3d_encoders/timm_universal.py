@@ -220,6 +220,14 @@ def _create(timm_name: str, *, meta: bool, **kwargs: Any) -> nn.Module:
         return model.to("meta")
 
 
+def _normalisation(cfg: Any) -> dict[str, Any]:
+    """The input mean/std of a timm pretrained config (for get_preprocessing_params), when it has them."""
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if mean is None or std is None:
+        return {}
+    return {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std)}
+
+
 def _meta_model(timm_name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     return _create(timm_name, meta=True, features_only=True, **kwargs)
 
@@ -461,7 +469,7 @@ def _weights(timm_name: str, default_tag: str | None) -> dict[str, WeightSource]
         if hub:
             repo, _, revision = hub.partition("@")
             sources[full.partition(".")[2]] = WeightSource(
-                repo, revision or None, license=getattr(cfg, "license", None)
+                repo, revision or None, license=getattr(cfg, "license", None), **_normalisation(cfg)
             )
     default = default_tag or next(iter(sources), None)
     if default in sources:
@@ -503,7 +511,8 @@ def resolve(rest: str) -> EncoderSpec:
 
 
 def _alias_spec(name: str, timm_name: str, tag: str) -> EncoderSpec:
-    weights = {"imagenet": WeightSource(f"timm/{timm_name}.{tag}")} if tag else {}
+    cfg = _timm().models.get_pretrained_cfg(f"{timm_name}.{tag}") if tag else None
+    weights = {"imagenet": WeightSource(f"timm/{timm_name}.{tag}", **_normalisation(cfg))} if tag else {}
     return _spec(timm_name, weights, f"timm's {timm_name} (segmentation_models_pytorch_3d's {name})", "timm")
 
 

@@ -157,3 +157,40 @@ def test_loss_shapes_smp_refuses_still_name_the_problem():
         losses.DiceLoss("multiclass")(torch.randn(6, 4), torch.randint(0, 4, (5,)))
     with pytest.raises(ValueError, match="one-channel prediction"):
         losses.DiceLoss("binary")(torch.randn(6, 4), torch.randint(0, 2, (6,)).float())
+
+
+# -- preprocessing parameters of pretrained encoders -------------------------------------------------------
+
+
+def test_preprocessing_params_come_from_the_weight_metadata():
+    params = smp3d.get_preprocessing_params("resnet34")
+    assert params == {
+        "input_space": "RGB",
+        "input_range": [0.0, 1.0],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    assert smp3d.get_preprocessing_params("efficientnet-b0", "advprop")["mean"] == [0.5, 0.5, 0.5]
+    assert smp3d.get_preprocessing_params("dpn68")["mean"] == pytest.approx([124 / 255, 117 / 255, 104 / 255])
+    with pytest.raises(ValueError, match=r"no pretrained tag 'nope' \(tags: imagenet"):
+        smp3d.get_preprocessing_params("resnet34", "nope")
+    for name in smp3d.list_encoders():  # every pretrained tag of every encoder has its parameters
+        for tag in smp3d.get_encoder_spec(name).weights:
+            params = smp3d.get_preprocessing_params(name, tag)
+            assert len(params["mean"]) == len(params["std"]) == 3 and min(params["std"]) > 0
+
+
+def test_preprocess_input_matches_smp():
+    from segmentation_models_pytorch.encoders._preprocessing import preprocess_input as smp_preprocess
+
+    image = torch.randint(0, 256, (2, 8, 8, 3)).double().numpy()
+    params = {"input_space": "BGR", "input_range": [0, 1], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.6, 0.7]}
+    expected = smp_preprocess(image.copy(), **params)
+    got = smp3d.preprocess_input(image.copy(), **params)
+    assert abs(got - expected).max() < 1e-12
+    channels_first = torch.from_numpy(image.copy()).movedim(-1, 1)
+    tensor = smp3d.preprocess_input(channels_first, channel_axis=1, **params)
+    assert abs(tensor.movedim(1, -1).numpy() - expected).max() < 1e-12
+    fn = smp3d.get_preprocessing_fn("resnet34")
+    reference = smp_preprocess(image.copy(), **smp3d.get_preprocessing_params("resnet34"))
+    assert abs(fn(image.copy()) - reference).max() < 1e-12
