@@ -138,7 +138,8 @@ def check_prediction(y_pred: object, owner: str, binary: bool = False, min_spati
         raise TypeError(f"{owner}: the prediction must be a torch.Tensor, got {type(y_pred).__name__}.")
     if y_pred.ndim < 2 + min_spatial:
         raise ValueError(
-            f"{owner}: the prediction must be (B, C, *spatial) with at least {max(min_spatial, 0)} spatial axis, "
+            f"{owner}: the prediction must be (B, C, *spatial)"
+            f"{' with at least one spatial axis' if min_spatial >= 1 else ''}, "
             f"got a {y_pred.ndim}D tensor of shape {tuple(y_pred.shape)}."
         )
     if not y_pred.is_floating_point():
