@@ -304,7 +304,13 @@ _LICENSE = "Apache-2.0"
 
 def _spec(name: str, config: DPNConfig, tag: str, revision: str) -> EncoderSpec:
     # smp's tag "imagenet+5k" (ImageNet-5k pretraining, ImageNet-1k fine-tuning) lives in "<name>.imagenet-5k".
-    source = WeightSource(repo_id=f"smp-hub/{name}.{tag.replace('+', '-')}", revision=revision, license=_LICENSE)
+    source = WeightSource(
+        repo_id=f"smp-hub/{name}.{tag.replace('+', '-')}",
+        revision=revision,
+        license=_LICENSE,
+        mean=(124 / 255, 117 / 255, 104 / 255),  # the MXNet originals' input normalisation
+        std=(1 / (0.0167 * 255),) * 3,
+    )
     return EncoderSpec(
         build=partial(DPNEncoder, config=config, name=name),
         out_channels=config.out_channels(),

@@ -297,8 +297,11 @@ def _spec(name: str, width: float, depth: float, feature_blocks: tuple[int, ...]
         ),
         out_channels=(3, round_filters(32, width), *(plan[i].out_filters for i in feature_blocks)),
         weights={
-            tag: WeightSource(repo_id=f"smp-hub/{name}.{tag}", revision=revision, license="Apache-2.0")
-            for tag, revision in (("imagenet", imagenet), ("advprop", advprop))
+            tag: WeightSource(repo_id=f"smp-hub/{name}.{tag}", revision=revision, license="Apache-2.0", **stats)
+            for tag, revision, stats in (
+                ("imagenet", imagenet, {}),
+                ("advprop", advprop, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}),  # AdvProp maps to [-1, 1]
+            )
         },
         family="efficientnet",
         license="Apache-2.0",

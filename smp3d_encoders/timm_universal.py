@@ -115,10 +115,8 @@ def _level(reduction: int) -> int | None:
 @functools.lru_cache(maxsize=256)
 def _feature_info(timm_name: str) -> tuple[tuple[int, int], ...]:
     """``(channels, reduction)`` of every feature timm can return for ``timm_name``."""
-    timm = _timm()
     try:
-        with torch.device("meta"):
-            model = timm.create_model(timm_name, pretrained=False)
+        model = _create(timm_name, meta=True)
     except Exception as exc:  # noqa: BLE001 - timm raises many types for unbuildable models
         raise ConversionError(f"timm could not build {timm_name!r}: {type(exc).__name__}: {exc}") from exc
     info = getattr(model, "feature_info", None)
@@ -200,9 +198,38 @@ def _levels(inp: int, out: int) -> tuple[int, ...]:
     return tuple(range(a + 1, b + 1))
 
 
+def _create(timm_name: str, *, meta: bool, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(timm_name, pretrained=False, **kwargs)``, on the meta device when ``meta``
+    (or when the caller's default device is meta).
+
+    Some timm releases derive a model's widths with torch operations that have no meta kernel (RegNet's
+    ``torch.unique`` in timm 1.0.x releases between the NumPy and the explicit-CPU versions of
+    ``generate_regnet``): such a model is built on the CPU and moved to meta.
+    """
+    create = _timm().create_model
+    try:
+        if meta:
+            with torch.device("meta"):
+                return create(timm_name, pretrained=False, **kwargs)
+        return create(timm_name, pretrained=False, **kwargs)
+    except NotImplementedError:
+        if not meta and torch.empty(0).device.type != "meta":
+            raise
+        with torch.device("cpu"):
+            model = create(timm_name, pretrained=False, **kwargs)
+        return model.to("meta")
+
+
+def _normalisation(cfg: Any) -> dict[str, Any]:
+    """The input mean/std of a timm pretrained config (for get_preprocessing_params), when it has them."""
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if mean is None or std is None:
+        return {}
+    return {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std)}
+
+
 def _meta_model(timm_name: str, kwargs: Mapping[str, Any]) -> nn.Module:
-    with torch.device("meta"):
-        return _timm().create_model(timm_name, pretrained=False, features_only=True, **kwargs)
+    return _create(timm_name, meta=True, features_only=True, **kwargs)
 
 
 def _layer_strides(
@@ -284,7 +311,7 @@ class TimmUniversalEncoder(Encoder):
         convert_to_nd(probe, spatial_dims, layer_strides)
         if spatial_dims != 2 or layer_strides:
             self._check_sizes(probe, len(indices))
-        model = _timm().create_model(timm_name, pretrained=False, features_only=True, **kwargs)
+        model = _create(timm_name, meta=False, features_only=True, **kwargs)
         convert_to_nd(model, spatial_dims, layer_strides)
         self.model = model
 
@@ -442,7 +469,7 @@ def _weights(timm_name: str, default_tag: str | None) -> dict[str, WeightSource]
         if hub:
             repo, _, revision = hub.partition("@")
             sources[full.partition(".")[2]] = WeightSource(
-                repo, revision or None, license=getattr(cfg, "license", None)
+                repo, revision or None, license=getattr(cfg, "license", None), **_normalisation(cfg)
             )
     default = default_tag or next(iter(sources), None)
     if default in sources:
@@ -484,7 +511,8 @@ def resolve(rest: str) -> EncoderSpec:
 
 
 def _alias_spec(name: str, timm_name: str, tag: str) -> EncoderSpec:
-    weights = {"imagenet": WeightSource(f"timm/{timm_name}.{tag}")} if tag else {}
+    cfg = _timm().models.get_pretrained_cfg(f"{timm_name}.{tag}") if tag else None
+    weights = {"imagenet": WeightSource(f"timm/{timm_name}.{tag}", **_normalisation(cfg))} if tag else {}
     return _spec(timm_name, weights, f"timm's {timm_name} (segmentation_models_pytorch_3d's {name})", "timm")
 
 

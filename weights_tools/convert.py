@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +40,7 @@ __all__ = [
     "WEIGHTS_FILENAME",
     "ConversionError",
     "ConversionResult",
+    "check_path_component",
     "SourceWeights",
     "convert_encoder",
     "convert_model",
@@ -392,6 +394,32 @@ def _same_error(a: Mapping[str, float] | None, b: Mapping[str, float] | None) ->
     return all(abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])) for k in a)
 
 
+_PATH_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_path_component(value: Any, what: str) -> str:
+    """``value`` if it is safe as one file-name component (letters, digits, ``_``, ``.``, ``-``; not
+    starting with ``.`` nor holding ``..``), else a ConversionError naming ``what``."""
+    if not isinstance(value, str) or not _PATH_COMPONENT.match(value) or ".." in value or len(value) > 200:
+        raise ConversionError(
+            f"Invalid {what} {value!r}: it names files and Hub repositories, so it may hold only letters, digits, "
+            f"'_', '.' and '-' (starting with a letter or digit, no '..', at most 200 characters)."
+        )
+    return value
+
+
+def _default_output(name: str) -> Path:
+    """``./name``, refused when it resolves outside the working directory (e.g. through a symlink)."""
+    cwd = Path.cwd().resolve()
+    out = cwd / name
+    if out.resolve().parent != cwd:
+        raise ConversionError(
+            f"The default output folder {str(out)!r} resolves to {str(out.resolve())!r}, outside the working "
+            f"directory {str(cwd)!r}; pass --output to choose the folder explicitly."
+        )
+    return Path(name)
+
+
 def convert_encoder(
     encoder: str,
     *,
@@ -405,8 +433,10 @@ def convert_encoder(
 ) -> ConversionResult:
     """Convert the 2D weights of ``encoder`` into a 3D weight folder (see the module docstring)."""
     _check_mode(mode)
+    check_path_component(encoder, "encoder name")
+    check_path_component(tag, "tag")
     start = time.perf_counter()
-    out = Path(output if output is not None else f"{encoder}.{tag}").expanduser()
+    out = Path(output).expanduser() if output is not None else _default_output(f"{encoder}.{tag}")
     step, close = _progress(progress, 5, f"{encoder}.{tag}")
     try:
         src = resolve_source(encoder, tag, source, revision)
@@ -526,7 +556,10 @@ def convert_model(
     _check_mode(mode)
     start = time.perf_counter()
     src_path = Path(src).expanduser()
-    out = Path(output if output is not None else f"{src_path.resolve().name}-3d").expanduser()
+    if output is not None:
+        out = Path(output).expanduser()
+    else:
+        out = _default_output(check_path_component(f"{src_path.resolve().name}-3d", "default output folder name"))
     step, close = _progress(progress, 5, f"model {src_path.name}")
     try:
         arch, arguments, raw = _read_model_folder(src_path)

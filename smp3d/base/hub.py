@@ -168,9 +168,14 @@ def _resolve_class(config: Mapping[str, Any], requested: type, where: str) -> ty
         return requested
     if not isinstance(name, str):
         raise ValueError(f"{where}: config.json has no '_model_class'; load it with the architecture's class.")
-    candidates = _ARCHITECTURES.get(name, [])
+    candidates = [cls for cls in _ARCHITECTURES.get(name, []) if cls is not base]
     if not candidates:
-        known = ", ".join(sorted(_ARCHITECTURES))
+        known = ", ".join(sorted(n for n, classes in _ARCHITECTURES.items() if any(c is not base for c in classes)))
+        if name == base.__name__:
+            raise ValueError(
+                f"{where}: config.json names {name!r} as '_model_class', the base class of the architectures, "
+                f"which cannot be built by itself. Set '_model_class' to the architecture that was saved ({known})."
+            )
         raise ValueError(f"{where} holds a {name!r} model, which is not a known architecture ({known}).")
     module = config.get("_model_module")
     for cls in candidates:
@@ -325,9 +330,14 @@ class SegmentationHubMixin(
         local_files_only: bool = False,
         revision: str | None = None,
         map_location: str | torch.device = "cpu",
+        strict: bool = True,
         **model_kwargs: Any,
     ) -> T:
         """Build the model described by ``config.json`` and load ``model.safetensors`` strictly.
+
+        With ``strict=False`` (e.g. after changing ``classes``) the tensors that fit load and a
+        warning lists every key that did not (missing, unexpected, other shape or dtype), as
+        segmentation_models_pytorch 0.5+ does; the default refuses any mismatch and loads nothing.
 
         ``pretrained_model_name_or_path`` is a local folder (nothing is downloaded) or a Hub
         repository id (huggingface_hub's cache, ``revision`` and ``HF_HUB_OFFLINE`` apply).
@@ -361,7 +371,7 @@ class SegmentationHubMixin(
 
         model = target(**arguments)
         state = read_safetensors(weights_file)
-        load_state_dict_strict(model, state, what=f"from {where}")
+        load_state_dict_strict(model, state, what=f"from {where}", strict=strict)
         model.to(map_location)
         model.eval()
         return model  # type: ignore[return-value]

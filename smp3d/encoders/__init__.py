@@ -4,6 +4,7 @@ from .adapt import adapt_input_channels, adapt_input_weight
 from .dilation import dilate_encoder, dilate_module, dilation_schedule
 from .hub import PretrainedWeightsUnavailableError, hub_repo_id
 from .inflate import INFLATION_MODES, inflate_kernel, inflate_state_dict
+from .preprocessing import get_preprocessing_fn, get_preprocessing_params, preprocess_input
 from .protocol import (
     Encoder,
     EncoderProtocol,
@@ -16,6 +17,7 @@ from .registry import (
     ENCODER_GROUP,
     RESOLVER_GROUP,
     EncoderNameConflictError,
+    EncoderPluginError,
     EncoderPluginWarning,
     EncoderRegistry,
     UnknownEncoderError,
@@ -39,6 +41,7 @@ __all__ = [
     "RESOLVER_GROUP",
     "Encoder",
     "EncoderNameConflictError",
+    "EncoderPluginError",
     "EncoderPluginWarning",
     "EncoderProtocol",
     "EncoderRegistry",
@@ -54,10 +57,13 @@ __all__ = [
     "dilation_schedule",
     "get_encoder",
     "get_encoder_spec",
+    "get_preprocessing_fn",
+    "get_preprocessing_params",
     "inflate_kernel",
     "inflate_state_dict",
     "list_encoder_resolvers",
     "list_encoders",
+    "preprocess_input",
     "load_state_dict_strict",
     "register_encoder",
     "register_encoder_resolver",

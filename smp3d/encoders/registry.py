@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
+import logging
 import re
 import threading
 import warnings
@@ -38,6 +39,7 @@ __all__ = [
     "ENCODER_GROUP",
     "RESOLVER_GROUP",
     "EncoderNameConflictError",
+    "EncoderPluginError",
     "EncoderPluginWarning",
     "EncoderRegistry",
     "UnknownEncoderError",
@@ -53,6 +55,12 @@ __all__ = [
 
 ENCODER_GROUP = "smp3d.encoders"
 RESOLVER_GROUP = "smp3d.encoder_resolvers"
+
+logger = logging.getLogger(__name__)
+
+# Encoders of this distribution are covered by its test suite (generated from the registry); the meta
+# probe of the build (check_features) is for plugins and in-process registrations only.
+_FIRST_PARTY = "distribution 'smp3d' ("
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 _PREFIX = re.compile(r"^[a-z0-9_.]+$")
@@ -73,6 +81,10 @@ class UnknownEncoderError(KeyError, ValueError):
 
 class EncoderNameConflictError(RuntimeError):
     """Two providers registered the same encoder name."""
+
+
+class EncoderPluginError(RuntimeError):
+    """A plugin (resolver or encoder) broke its contract; the message names the encoder and its provider."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +227,12 @@ class EncoderRegistry:
                     raise UnknownEncoderError(
                         f"Encoder {name!r}: the resolver for the prefix {prefix!r} ({label}) rejected {rest!r}: {exc}"
                     ) from exc
+                except Exception as exc:  # a fault inside the plugin: say whose
+                    raise EncoderPluginError(
+                        f"Encoder {name!r}: the resolver for the prefix {prefix!r} ({label}) failed on {rest!r} with "
+                        f"{type(exc).__name__}: {exc}. A resolver may only return a builder or spec, or raise "
+                        f"LookupError/ValueError for names it does not know; report this to that distribution."
+                    ) from exc
                 self._resolved[name] = spec
                 return spec
         raise UnknownEncoderError(self._unknown_message(name))
@@ -310,21 +328,127 @@ class EncoderRegistry:
             if spec.load_weights is not None and isinstance(weights, str) and weights in spec.weights:
                 spec.load_weights(encoder, weights, name, spec)
             else:
-                deeper_keys = self._deeper_keys(spec, encoder, arguments, kwargs)
+                deeper_keys = self._deeper_keys(name, spec, encoder, arguments, kwargs)
                 load_encoder_weights(encoder, weights, name=name, spec=spec, deeper_keys=deeper_keys)
             if in_channels != build_channels:
                 adapt_input_channels(encoder, in_channels, pretrained=True)
         validate_encoder(encoder, depth, in_channels, spatial_dims, name)
+        if not kwargs and spec.out_channels is not None:
+            self._check_spec_channels(name, spec, encoder, depth)
+        provider = self.provider(name)
+        if _FIRST_PARTY not in provider:  # first-party families are checked by our own test suite
+            check_features(encoder, name, provider)
+        if depth < spec.max_depth:
+            unused = _UnusedStageKeys(name, arguments, kwargs)
+            encoder._smp3d_unused_stage_keys = unused
+            encoder._register_load_state_dict_pre_hook(unused.hook, with_module=True)
         return encoder
 
+    def provider(self, name: str) -> str:
+        """Who provides ``name``: a distribution's entry point, a resolver, or an in-process registration."""
+        with self._lock:
+            if name in self._local:
+                return "registered in-process"
+            providers = self._load_plugins().get(name)
+            if providers:
+                return providers[0].label
+            prefix, sep, _ = name.partition("-")
+            resolver = self._resolvers.get(prefix) if sep else None
+            if prefix in self._local_resolvers:
+                return f"the resolver {prefix!r} registered in-process"
+            return f"the resolver {prefix!r} of {resolver[0]}" if resolver else "an unknown provider"
+
+    def _check_spec_channels(self, name: str, spec: EncoderSpec, encoder: nn.Module, depth: int) -> None:
+        """The spec's ``out_channels`` (readable unbuilt, used by docs and checks) must be the built ones."""
+        declared = tuple(spec.out_channels[1 : depth + 1])  # type: ignore[index]
+        built = tuple(encoder.out_channels[1:])
+        if declared != built:
+            raise EncoderPluginError(
+                f"Encoder {name!r} ({self.provider(name)}): its spec declares out_channels {declared} for depth "
+                f"{depth}, but the built encoder has {built}. The spec's metadata must describe the default build."
+            )
+
     @staticmethod
-    def _deeper_keys(spec: EncoderSpec, encoder: nn.Module, arguments: dict, kwargs: dict) -> set[str]:
+    def _deeper_keys(name: str, spec: EncoderSpec, encoder: nn.Module, arguments: dict, kwargs: dict) -> set[str]:
         """Keys of the stages a shallow build leaves out: pretrained weights are for the full depth."""
         if arguments["depth"] >= spec.max_depth:
             return set()
-        with torch.device("meta"):
-            full = spec.build(**{**arguments, "depth": spec.max_depth, "strides": None}, **kwargs)
-        return set(full.state_dict()) - set(encoder.state_dict())
+        return set(_UnusedStageKeys(name, arguments, kwargs)(encoder))
+
+
+def check_features(encoder: nn.Module, name: str, provider: str) -> None:
+    """Compare the declared ``out_channels`` and ``reductions`` with one forward pass on the meta device.
+
+    The probe input is twice the deepest declared reduction per axis (a size every input of the
+    encoder must be a multiple of anyway), batch 1, eval mode; parameters are swapped for meta
+    tensors by ``torch.func.functional_call``, so nothing is computed or allocated. An encoder whose
+    operations have no meta kernel (or which keeps tensors outside its parameters and buffers) is
+    not probed: the error of a real forward then names its own cause.
+    """
+    channels, reductions = tuple(encoder.out_channels), tuple(encoder.reductions)
+    size = tuple(2 * r for r in reductions[-1])
+    meta = {k: torch.empty_like(v, device="meta") for k, v in [*encoder.named_parameters(), *encoder.named_buffers()]}
+    x = torch.empty(1, channels[0], *size, device="meta")
+    training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            features = torch.func.functional_call(encoder, meta, (x,))
+    except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
+        logger.debug("Encoder %r was not probed on the meta device: %s: %s", name, type(exc).__name__, exc)
+        return
+    finally:
+        encoder.train(training)
+    where = f"Encoder {name!r} ({provider}, {type(encoder).__module__}.{type(encoder).__qualname__})"
+    if not isinstance(features, (list, tuple)) or not all(isinstance(f, torch.Tensor) for f in features):
+        raise EncoderPluginError(f"{where}: forward must return a list of tensors, got {type(features).__name__}.")
+    if len(features) != len(channels):
+        raise EncoderPluginError(
+            f"{where}: forward returned {len(features)} features for an input of size {size}, but the encoder "
+            f"declares {len(channels)} (depth + 1, item 0 the input)."
+        )
+    for i, (feature, c, r) in enumerate(zip(features, channels, reductions, strict=True)):
+        expected = (1, c, *(n // f for n, f in zip(size, r, strict=True)))
+        if tuple(feature.shape) != expected:
+            raise EncoderPluginError(
+                f"{where}: feature {i} has shape {tuple(feature.shape)} for an input of size {size}, but "
+                f"out_channels[{i}] = {c} and reductions[{i}] = {r} declare {expected}."
+            )
+
+
+class _UnusedStageKeys:
+    """The state-dict keys of the stages a build below ``max_depth`` leaves out (computed once, on
+    the meta device, when first asked): segmentation_models_pytorch keeps those stages unused.
+
+    Set on such an encoder as ``_smp3d_unused_stage_keys`` and registered as its ``load_state_dict``
+    pre-hook, so smp's checkpoints load strictly. Holds only the name and build arguments, so the
+    encoder still deep-copies and pickles.
+    """
+
+    def __init__(self, name: str, arguments: dict, kwargs: dict) -> None:
+        self.name, self.arguments, self.kwargs = name, dict(arguments), dict(kwargs)
+        self.keys: frozenset[str] | None = None
+
+    def __call__(self, encoder: nn.Module) -> frozenset[str]:
+        if self.keys is None:
+            spec = _registry().spec(self.name)
+            full_arguments = {**self.arguments, "depth": spec.max_depth, "strides": None}
+            with torch.device("meta"):
+                full = spec.build(**full_arguments, **self.kwargs)
+            self.keys = frozenset(set(full.state_dict()) - set(encoder.state_dict()))
+        return self.keys
+
+    def hook(self, encoder: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Drop smp's unused deeper-stage keys of ``encoder`` from ``state_dict`` (one warning)."""
+        own = set(encoder.state_dict())
+        if not any(k.startswith(prefix) and k[len(prefix) :] not in own for k in state_dict):
+            return
+        from .weights import drop_unused_stage_keys
+
+        inner = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        kept = drop_unused_stage_keys(encoder, inner)
+        for k in inner.keys() - kept.keys():
+            del state_dict[prefix + k]
 
 
 _REGISTRY = EncoderRegistry()

@@ -9,20 +9,30 @@ from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["Builder", "EncoderSpec", "WeightSource", "as_spec"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Builder", "EncoderSpec", "WeightSource", "as_spec"]
 
 Builder = Callable[..., nn.Module]
 """``builder(in_channels=3, depth=5, spatial_dims=3, strides=None, **kwargs) -> encoder``."""
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightSource:
-    """Where the 2D weights of a pretrained tag come from (the input of weight conversion)."""
+    """Where the 2D weights of a pretrained tag come from (the input of weight conversion), and the
+    input normalisation they were trained with: ``(x / max * input_range[1] - mean) / std`` per channel,
+    channels in ``input_space`` order (see :func:`smp3d.encoders.get_preprocessing_params`)."""
 
     repo_id: str
     revision: str | None = None
     filename: str = "model.safetensors"
     license: str | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_range: tuple[float, float] = (0.0, 1.0)
+    input_space: str = "RGB"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ __all__ = [
     "class_map",
     "dense_targets",
     "full_precision",
+    "smp_layout",
     "to_float",
     "weighted_class_mean",
 ]
@@ -181,12 +182,36 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def check_prediction(y_pred: object, owner: str, binary: bool = False) -> torch.Tensor:
+def smp_layout(y_pred: object, y_true: object, mode: str) -> tuple[object, object]:
+    """The prediction and target in our (B, C, *spatial) layout when they come in a layout that
+    segmentation_models_pytorch's region losses accept (they flatten each sample):
+
+    - no spatial axis: (B, C) logits with (B,) class indices, or (B, C) targets; (B,) binary logits with
+      (B,) targets. A trailing spatial axis of size 1 is added.
+    - binary mode without a channel axis: prediction and target of the same shape (B, *spatial) with
+      more than one value on axis 1. A channel axis is inserted.
+
+    Anything else is returned unchanged, for the loss's own checks to explain.
+    """
+    if not isinstance(y_pred, torch.Tensor) or not isinstance(y_true, torch.Tensor) or y_pred.ndim == 0:
+        return y_pred, y_true
+    if mode == BINARY_MODE and y_pred.ndim >= 1 and y_true.shape == y_pred.shape:
+        if y_pred.ndim == 1:
+            return y_pred.view(-1, 1, 1), y_true.view(-1, 1, 1)
+        if y_pred.shape[1] != 1:
+            return y_pred.unsqueeze(1), y_true.unsqueeze(1)
+    if y_pred.ndim == 2 and y_true.ndim in (1, 2):
+        return y_pred.unsqueeze(-1), y_true.unsqueeze(-1)
+    return y_pred, y_true
+
+
+def check_prediction(y_pred: object, owner: str, binary: bool = False, min_spatial: int = 1) -> torch.Tensor:
     if not isinstance(y_pred, torch.Tensor):
         raise TypeError(f"{owner}: the prediction must be a torch.Tensor, got {type(y_pred).__name__}.")
-    if y_pred.ndim < 3:
+    if y_pred.ndim < 2 + min_spatial:
         raise ValueError(
-            f"{owner}: the prediction must be (B, C, *spatial) with at least one spatial axis, "
+            f"{owner}: the prediction must be (B, C, *spatial)"
+            f"{' with at least one spatial axis' if min_spatial >= 1 else ''}, "
             f"got a {y_pred.ndim}D tensor of shape {tuple(y_pred.shape)}."
         )
     if not y_pred.is_floating_point():

@@ -33,7 +33,7 @@ def _per_channel(weight: torch.Tensor | None, pred: torch.Tensor, name: str, own
     if weight is None:
         return None
     weight = weight.to(device=pred.device, dtype=pred.dtype)
-    if weight.ndim == 1 and weight.numel() != 1:
+    if weight.ndim == 1 and weight.numel() != 1 and pred.ndim >= 2:
         if weight.numel() != pred.shape[1]:
             raise ValueError(
                 f"{owner}: a 1-D `{name}` holds one value per channel: expected {pred.shape[1]} entries for a "
@@ -81,10 +81,10 @@ class SoftBCEWithLogitsLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
-        check_prediction(y_pred, owner)
+        check_prediction(y_pred, owner, min_spatial=-1)  # as smp: any shape with a batch axis
         if not isinstance(y_true, torch.Tensor):
             raise TypeError(f"{owner}: the target must be a torch.Tensor, got {type(y_true).__name__}.")
-        if y_pred.shape[1] == 1 and y_true.ndim == y_pred.ndim - 1:
+        if y_pred.ndim > 1 and y_pred.shape[1] == 1 and y_true.ndim == y_pred.ndim - 1:
             y_true = y_true.unsqueeze(1)
         if y_true.shape != y_pred.shape:
             raise ValueError(
@@ -145,7 +145,7 @@ class SoftCrossEntropyLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
-        check_prediction(y_pred, owner)
+        check_prediction(y_pred, owner, min_spatial=0)  # as smp: (B, C) logits too
         if not -y_pred.ndim <= self.dim < y_pred.ndim:
             raise ValueError(f"{owner}: dim={self.dim} is out of range for a {y_pred.ndim}D prediction.")
         dim = self.dim % y_pred.ndim
@@ -201,7 +201,7 @@ class WeightedCrossEntropyLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
-        check_prediction(y_pred, owner)
+        check_prediction(y_pred, owner, min_spatial=0)  # as smp: (B, C) logits too
         labels = class_map(y_pred, y_true, self.ignore_index, owner)
         with full_precision(y_pred):
             logits = to_float(y_pred)

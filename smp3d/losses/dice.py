@@ -18,6 +18,7 @@ from ._common import (
     check_prediction,
     dense_targets,
     full_precision,
+    smp_layout,
     to_float,
     weighted_class_mean,
 )
@@ -80,6 +81,7 @@ class TverskyLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
+        y_pred, y_true = smp_layout(y_pred, y_true, self.mode)  # smp's shapes without spatial axes
         check_prediction(y_pred, owner, binary=self.mode == "binary")
         with full_precision(y_pred):
             pred = to_float(y_pred)

@@ -16,6 +16,7 @@ from ._common import (
     check_prediction,
     dense_targets,
     full_precision,
+    smp_layout,
     to_float,
 )
 
@@ -75,6 +76,7 @@ class GeneralizedDiceLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
+        y_pred, y_true = smp_layout(y_pred, y_true, self.mode)  # smp's shapes without spatial axes
         check_prediction(y_pred, owner, binary=self.mode == BINARY_MODE)
         with full_precision(y_pred):
             pred = to_float(y_pred)

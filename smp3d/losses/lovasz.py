@@ -14,6 +14,7 @@ from ._common import (
     class_map,
     dense_targets,
     full_precision,
+    smp_layout,
     to_float,
 )
 from ._functional import lovasz_gradient
@@ -95,6 +96,7 @@ class LovaszLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
+        y_pred, y_true = smp_layout(y_pred, y_true, self.mode)  # smp's shapes without spatial axes
         check_prediction(y_pred, owner, binary=self.mode == "binary")
         with full_precision(y_pred):
             pred = to_float(y_pred)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import BINARY_MODE, check_flag, check_number, check_prediction, dense_targets, full_precision, to_float
+from ._common import BINARY_MODE, check_flag, check_number, check_prediction, dense_targets, full_precision, smp_layout, to_float
 
 __all__ = ["MCCLoss"]
 
@@ -32,6 +32,7 @@ class MCCLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
+        y_pred, y_true = smp_layout(y_pred, y_true, BINARY_MODE)  # smp's shapes without spatial axes
         check_prediction(y_pred, owner, binary=True)
         with full_precision(y_pred):
             pred = to_float(y_pred)

@@ -136,7 +136,7 @@ class DeepLabV3(SegmentationModel):
         )
         self.classification_head = build_classification_head(aux_params, self.encoder.out_channels[-1], spatial_dims)
         self.name = f"deeplabv3-{encoder_name}"
-        self.register_load_state_dict_pre_hook(_rename_legacy_decoder_keys)
+        self._register_load_state_dict_pre_hook(_rename_legacy_decoder_keys, with_module=True)  # public from torch 2.5
         self.initialize()
 
 
