@@ -124,6 +124,8 @@ class PlainEncoder(Encoder):
     ``block`` (``conv1``, ``conv2``: :func:`single_conv` units).
     """
 
+    _is_torch_scriptable = True
+
     def __init__(
         self,
         in_channels: int = 3,

@@ -11,6 +11,7 @@ from . import checkpointing
 from . import initialization as init
 from .checks import check_input
 from .hub import SegmentationHubMixin
+from .scripting import check_scriptable
 
 __all__ = ["SegmentationModel"]
 
@@ -37,13 +38,24 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     (safetensors + ``config.json`` + model card; see :mod:`smp3d.base.hub`).
     """
 
-    encoder: nn.Module
-    decoder: nn.Module
-    segmentation_head: nn.Module
-    classification_head: nn.Module | None
+    # (``encoder``, ``decoder``, ``segmentation_head``, ``classification_head`` carry no class-level
+    # annotations: TorchScript reads those as attribute types, and ``nn.Module`` is none.)
 
     #: Whether the input's spatial size must be divisible by the encoder's total reduction.
-    requires_divisible_input_shape: bool = True
+    requires_divisible_input_shape = True
+    #: Whether ``torch.jit.script`` can compile this architecture, and why not (smp's flag; an
+    #: architecture made scriptable sets it True, see :mod:`smp3d.base.scripting`).
+    _is_torch_scriptable = False
+    _torch_script_refusal = "the decoder's forward is not written for TorchScript"
+    # Python-side settings and metadata: TorchScript compiles forward only.
+    __jit_unused_properties__ = [
+        "encoder_checkpointing",
+        "decoder_checkpointing",
+        "channels_last",
+        "spatial_dims",
+        "in_channels",
+        "output_stride",
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -133,6 +145,11 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     def _input_memory_format(self, x: torch.Tensor) -> torch.memory_format | None:
         return channels_last_format(x.dim() - 2) if self._wants_channels_last(x.is_cuda) else None
 
+    def __prepare_scriptable__(self) -> SegmentationModel:
+        # torch.jit.script calls this first: refuse with the reason before TorchScript fails deep inside.
+        check_scriptable(self)
+        return self
+
     def initialize(self) -> None:
         init.initialize_decoder(self.decoder)
         init.initialize_head(self.segmentation_head)
@@ -158,11 +175,12 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         check_input(x, self.spatial_dims, self.in_channels, multiple, owner=type(self).__name__)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if not _skip_checks():
-            self.check_input(x)
-        memory_format = self._input_memory_format(x)
-        if memory_format is not None:
-            x = x.contiguous(memory_format=memory_format)
+        if not torch.jit.is_scripting():  # Python-side checks and layout policy: eager (and traced) only
+            if not _skip_checks():
+                self.check_input(x)
+            memory_format = self._input_memory_format(x)
+            if memory_format is not None:
+                x = x.contiguous(memory_format=memory_format)
         features = self.encoder(x)
         masks = self.segmentation_head(self.decoder(features))
         if self.classification_head is not None:
