@@ -62,3 +62,26 @@ def test_split_convolution_stays_out_of_captured_graphs():
 def test_every_architecture_has_a_compile_test():
     """torch.compile(fullgraph=True) is not repeated in this matrix: each architecture's own file checks it."""
     assert set(export_table.compile_tests()) == {c.arch for c in CASES}
+
+
+def test_scripted_unet_takes_other_sizes_and_batches():
+    """A scripted model is not specialised to the example: other batch sizes and spatial sizes run and
+    equal eager (the 3D Unet at batch 1 takes the eager split convolution, the script the plain one)."""
+    import smp3d
+
+    torch.manual_seed(0)
+    model = smp3d.Unet("resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), in_channels=1, classes=2).eval()
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        for x in (torch.randn(1, 1, 32, 16, 24), torch.randn(2, 1, 16, 16, 8)):
+            torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_scripting_refusal_names_the_path_the_part_and_the_reason():
+    import smp3d
+    from smp3d.base.scripting import TorchScriptError
+
+    with torch.device("meta"):
+        model = smp3d.FPN("resnet18", spatial_dims=2)
+    with pytest.raises(TorchScriptError, match=r"torch.jit.script cannot compile this FPN: FPN: .*torch.jit.trace"):
+        torch.jit.script(model)
