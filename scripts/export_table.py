@@ -36,10 +36,10 @@ CLASSES = 2
 ARCH_ENCODER = "resnet18"  # the encoder every architecture is exported with
 TIMM_ENCODER = "tu-resnet10t"  # the tu- bridge (timm models converted to N-D), smallest case
 RTOL = ATOL = 1e-4
-#: Input sizes other than SIZE. PSPNet pools its deepest feature to 1, 2, 3 and 6 bins per axis, and ONNX
+#: Input sizes other than SIZE. PSPNet and UPerNet pool their deepest feature to 1, 2, 3 and 6 bins per axis, and ONNX
 #: has no adaptive pooling: both exporters refuse bins that do not divide the feature (the TorchScript
 #: exporter says "output size that are not factor of input size"), so its input gives a 6^3 feature.
-SIZES = {"PSPNet": 48}
+SIZES = {"PSPNet": 48, "UPerNet": 48}
 DEPTH = 3  # encoder_depth where accepted: every stage type is still exported, in half the graph
 
 PATHS = {
@@ -242,7 +242,7 @@ naming the path and the reason, as quoted. Every architecture is tested with `{a
 every encoder family (its smallest encoder) through `Unet`. `torch.compile(fullgraph=True)` of each
 architecture is tested in its own test file (`test_compiles_without_graph_breaks`, named in the table).
 
-PSPNet is exported for a 48-voxel input (a 6-voxel deepest feature at depth 3): its pyramid pools to
+PSPNet and UPerNet are exported for a 48-voxel input (a 6-voxel deepest feature at depth 3): their pyramid pools to
 1, 2, 3 and 6 bins per axis, and ONNX has no adaptive pooling, so both ONNX exporters need every bin
 count to divide the deepest feature's size (otherwise the TorchScript exporter raises "output size
 that are not factor of input size"). `torch.export`, tracing and compile take any size.
