@@ -24,7 +24,8 @@ def test_export_path(case):
         return
     with pytest.raises(outcome.error, match=outcome.message) as raised:
         export_table.run(case)
-    assert export_table._refusal_reason(case) in str(raised.value)
+    if case.path == "jit_script":  # our refusal: the message carries the reason the table gives
+        assert export_table._refusal_reason(case) in str(raised.value)
 
 
 def test_matrix_covers_every_architecture_family_and_path():
