@@ -153,6 +153,8 @@ class PlainEncoder(Encoder):
     gives a convolution a bias only when no norm follows it, True or False forces it.
     """
 
+    _is_torch_scriptable = True
+
     def __init__(
         self,
         in_channels: int = 3,

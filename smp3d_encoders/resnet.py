@@ -107,6 +107,8 @@ class ResNetEncoder(Encoder):
     parameters.
     """
 
+    _is_torch_scriptable = True
+
     def __init__(
         self,
         block: type[BasicBlock | Bottleneck],
@@ -164,13 +166,21 @@ class ResNetEncoder(Encoder):
         return [self.maxpool, self.layer1] if stage == 2 else [getattr(self, f"layer{stage - 1}")]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # Stages spelled out (TorchScript resolves hasattr at compile time): only the built ones run.
         features = [x]
         x = self.relu(self.bn1(self.conv1(x)))
         features.append(x)
-        for stage in range(2, self.depth + 1):
-            if stage == 2:
-                x = self.maxpool(x)
-            x = getattr(self, f"layer{stage - 1}")(x)
+        if hasattr(self, "layer1"):
+            x = self.layer1(self.maxpool(x))
+            features.append(x)
+        if hasattr(self, "layer2"):
+            x = self.layer2(x)
+            features.append(x)
+        if hasattr(self, "layer3"):
+            x = self.layer3(x)
+            features.append(x)
+        if hasattr(self, "layer4"):
+            x = self.layer4(x)
             features.append(x)
         return features
 

@@ -61,7 +61,7 @@ class SEModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A plain mean is what adaptive_avg_pool2d(x, 1) computes, and unlike AdaptiveAvgPool3d it
         # is a fast reduction for every memory format (channels_last_3d included).
-        gate = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+        gate = x.mean(dim=[d for d in range(2, x.dim())], keepdim=True)
         gate = self.sigmoid(self.fc2(self.relu(self.fc1(gate))))
         return x * gate
 
@@ -149,6 +149,8 @@ class SENetEncoder(Encoder):
     Input ``(B, in_channels, *spatial)``; feature ``i`` has ``out_channels[i]`` channels and is
     reduced by ``reductions[i]`` per axis. Only the stages that ``depth`` uses are built.
     """
+
+    _is_torch_scriptable = True
 
     def __init__(
         self,
@@ -249,13 +251,21 @@ class SENetEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C, *spatial)`` -> ``depth + 1`` tensors ``(B, out_channels[i], *spatial / reductions[i])``."""
+        # Stages spelled out (TorchScript resolves hasattr at compile time): only the built ones run.
         features = [x]
         x = self.layer0(x)
         features.append(x)
-        for stage in range(2, self.depth + 1):
-            if stage == 2:
-                x = self.layer0_pool(x)
-            x = getattr(self, f"layer{stage - 1}")(x)
+        if hasattr(self, "layer1"):
+            x = self.layer1(self.layer0_pool(x))
+            features.append(x)
+        if hasattr(self, "layer2"):
+            x = self.layer2(x)
+            features.append(x)
+        if hasattr(self, "layer3"):
+            x = self.layer3(x)
+            features.append(x)
+        if hasattr(self, "layer4"):
+            x = self.layer4(x)
             features.append(x)
         return features
 

@@ -280,6 +280,11 @@ class TimmUniversalEncoder(Encoder):
     ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
 
+    _torch_script_refusal = (
+        "a timm model run in N-D through a torch function mode (and timm's feature wrappers), which TorchScript "
+        "cannot compile"
+    )
+
     def __init__(
         self,
         timm_name: str,

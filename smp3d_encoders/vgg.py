@@ -51,6 +51,8 @@ class VGGEncoder(Encoder):
     encoder's state dict is a prefix of the deep one's.
     """
 
+    _is_torch_scriptable = True
+
     # True at every depth, as smp adds U-Net's center block to VGG whatever the depth (strict 2D parity).
     last_feature_pooled = True
 

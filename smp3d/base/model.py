@@ -12,6 +12,7 @@ from . import initialization as init
 from .checks import check_input, check_input_matches, explain_batch_norm_error
 from .heads import build_deep_supervision_heads, mask_reduction
 from .hub import SegmentationHubMixin
+from .scripting import check_scriptable
 
 __all__ = ["SegmentationModel"]
 
@@ -41,16 +42,27 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     (safetensors + ``config.json`` + model card; see :mod:`smp3d.base.hub`).
     """
 
-    encoder: nn.Module
-    decoder: nn.Module
-    segmentation_head: nn.Module
-    classification_head: nn.Module | None
-    #: One 1x1 head per supervised decoder level beyond the first (empty without deep supervision);
-    #: set by :meth:`build_deep_supervision` on architectures whose decoder has several levels.
-    deep_supervision_heads: nn.ModuleList
+    # (``encoder``, ``decoder``, ``segmentation_head``, ``classification_head`` carry no class-level
+    # annotations: TorchScript reads those as attribute types, and ``nn.Module`` is none.)
+    # ``deep_supervision_heads``: one 1x1 head per supervised decoder level beyond the first (an empty
+    # nn.ModuleList without deep supervision), set by :meth:`build_deep_supervision`.
 
     #: Whether the input's spatial size must be divisible by the encoder's total reduction.
-    requires_divisible_input_shape: bool = True
+    requires_divisible_input_shape = True
+    #: Whether ``torch.jit.script`` can compile this architecture, and why not (smp's flag; an
+    #: architecture made scriptable sets it True, see :mod:`smp3d.base.scripting`).
+    _is_torch_scriptable = False
+    _torch_script_refusal = "the decoder's forward is not written for TorchScript"
+    # Python-side settings and metadata: TorchScript compiles forward only.
+    __jit_unused_properties__ = [
+        "encoder_checkpointing",
+        "decoder_checkpointing",
+        "channels_last",
+        "spatial_dims",
+        "in_channels",
+        "output_stride",
+        "deep_supervision_reductions",
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -178,7 +190,6 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         coarser = tuple(tuple(r) for r in self.decoder.level_reductions[1 : 1 + heads])
         return (self._mask_reduction, *coarser)
 
-    @torch.jit.unused  # a scripted model is for inference; the list output is training-only
     def _deep_supervision_masks(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """``[masks, coarser masks ...]`` from one pass of the decoder (training mode only)."""
         levels = self.decoder.forward_levels(features)
@@ -186,6 +197,11 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
         for i, head in enumerate(self.deep_supervision_heads):
             masks.append(head(levels[i + 1]))
         return masks
+
+    def __prepare_scriptable__(self) -> SegmentationModel:
+        # torch.jit.script calls this first: refuse with the reason before TorchScript fails deep inside.
+        check_scriptable(self)
+        return self
 
     def initialize(self) -> None:
         init.initialize_decoder(self.decoder)
@@ -235,17 +251,19 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
     ) -> (
         torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]
     ):
-        if not _skip_checks():
-            self.check_input(x)
-        memory_format = self._input_memory_format(x)
-        if memory_format is not None:
-            x = x.contiguous(memory_format=memory_format)
+        if not torch.jit.is_scripting():  # Python-side checks and layout policy: eager (and traced) only
+            if not _skip_checks():
+                self.check_input(x)
+            memory_format = self._input_memory_format(x)
+            if memory_format is not None:
+                x = x.contiguous(memory_format=memory_format)
+            if self.deep_supervision and self.training:  # a scripted model is for inference: no list output
+                features = self.encoder(x)
+                deep_masks = self._deep_supervision_masks(features)
+                if self.classification_head is not None:
+                    return deep_masks, self.classification_head(features[-1])
+                return deep_masks
         features = self.encoder(x)
-        if self.deep_supervision and self.training:
-            deep_masks = self._deep_supervision_masks(features)
-            if self.classification_head is not None:
-                return deep_masks, self.classification_head(features[-1])
-            return deep_masks
         masks = self.segmentation_head(self.decoder(features))
         if self.classification_head is not None:
             return masks, self.classification_head(features[-1])

@@ -146,7 +146,12 @@ class Encoder(nn.Module):
     """
 
     #: The deepest feature is a pooling output with no convolution after it (see module docs).
-    last_feature_pooled: bool = False
+    last_feature_pooled = False
+    #: Whether ``torch.jit.script`` can compile this encoder, and why not (see :mod:`smp3d.base.scripting`).
+    _is_torch_scriptable = False
+    _torch_script_refusal = "its forward is not written for TorchScript"
+    # Python-side metadata: TorchScript compiles forward only.
+    __jit_unused_properties__ = ["depth", "in_channels", "output_stride"]
 
     def __init__(
         self,

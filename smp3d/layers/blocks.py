@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .capture import channels_first, channels_last
 from .factories import adaptive_avg_pool, batch_norm, conv, instance_norm
 
 __all__ = [
@@ -39,9 +40,8 @@ class ChannelLayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.movedim(-1, 1)
+        x = F.layer_norm(channels_last(x), self.normalized_shape, self.weight, self.bias, self.eps)
+        return channels_first(x)
 
 
 def _norm_params(use_norm: NormSpec) -> dict[str, Any]:

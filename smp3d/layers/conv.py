@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .capture import capturing_graph
+
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "conv_nd", "set_split_conv", "splits_for_onednn"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -106,27 +108,44 @@ def conv_nd(
 ) -> torch.Tensor:
     """``F.conv{1,2,3}d`` with explicit per-axis ``stride``/``padding``/``dilation`` (zero padding),
     split in two for batch-1 CPU volumes where that is faster (see the module docstring)."""
-    if not torch.compiler.is_compiling() and splits_for_onednn(x, weight, stride, padding, dilation, groups):
+    # eager only: a captured graph (TorchScript, ONNX, torch.export, compile) stays the plain convolution
+    if not capturing_graph() and splits_for_onednn(x, weight, stride, padding, dilation, groups):
         return _split_conv(x, weight, bias, stride, padding, dilation)
     return _CONV[weight.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
 
 
 class _SplitConvMixin:
-    """``_conv_forward`` through :func:`conv_nd` for zero padding given as numbers."""
+    """``_conv_forward`` through :func:`conv_nd` for zero padding given as numbers; TorchScript
+    compiles torch's own convolution (``_script_conv_forward``), the fast path being eager-only."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            return super()._conv_forward(input, weight, bias)
-        return conv_nd(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if torch.jit.is_scripting():
+            return self._script_conv_forward(input, weight, bias)
+        else:
+            if self.padding_mode != "zeros" or isinstance(self.padding, str):
+                return super()._conv_forward(input, weight, bias)
+            return conv_nd(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Conv1d(_SplitConvMixin, nn.Conv1d):
-    pass
+    def _script_conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv1d(input, weight, bias, self.stride, (0,), self.dilation, self.groups)
+        return F.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Conv2d(_SplitConvMixin, nn.Conv2d):
-    pass
+    def _script_conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(input, weight, bias, self.stride, (0, 0), self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Conv3d(_SplitConvMixin, nn.Conv3d):
-    pass
+    def _script_conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv3d(input, weight, bias, self.stride, (0, 0, 0), self.dilation, self.groups)
+        return F.conv3d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .capture import channels_first
 from .conv import conv_nd
 from .factories import channels_last_format
 
@@ -184,6 +185,7 @@ def _interleave(
     if layout == torch.contiguous_format:
         z = z.permute(0, channel, *rows).reshape(batch, out_channels, *sizes)
     else:
-        z = z.permute(0, *rows, channel).reshape(batch, *sizes, out_channels).movedim(-1, 1)
+        z = z.permute(0, *rows, channel).reshape(batch, *sizes, out_channels)
+        z = channels_first(z)
     crop = tuple(slice(1, -1) if s == 2 else slice(None) for s in scale)
     return z[(slice(None), slice(None), *crop)]

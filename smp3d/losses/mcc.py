@@ -5,7 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import BINARY_MODE, check_flag, check_number, check_prediction, dense_targets, full_precision, smp_layout, to_float
+from ._common import (
+    BINARY_MODE,
+    check_flag,
+    check_number,
+    check_prediction,
+    dense_targets,
+    full_precision,
+    smp_layout,
+    to_float,
+)
 
 __all__ = ["MCCLoss"]
 

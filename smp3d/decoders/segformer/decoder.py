@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...layers import ConvNormAct, interpolation_mode
+from ...layers.capture import channels_first, channels_last
 
 __all__ = ["MLP", "SegformerDecoder", "TARGET_LEVEL"]
 
@@ -35,7 +36,7 @@ class MLP(nn.Module):
         self.linear = nn.Linear(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+        return channels_first(self.linear(channels_last(x)))
 
 
 class SegformerDecoder(nn.Module):

@@ -19,9 +19,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...layers import Attention, ConvNormAct, conv_transpose, interpolation_mode
 from ...layers.blocks import NormSpec
+from ...layers.capture import capturing_graph
 from ...layers.upsample import FUSED_MIN_VOXELS, can_fuse_upsample, interpolate, upsample_conv
 
 __all__ = ["UnetCenterBlock", "UnetDecoder", "UnetDecoderBlock"]
@@ -71,19 +73,26 @@ class UnetDecoderBlock(nn.Module):
         #: ... and whether it does (on maps of at least ``FUSED_MIN_VOXELS`` voxels).
         self.fuse_upsample = self.fusable_upsample
 
-    def forward(self, x: torch.Tensor, size: Sequence[int], skip: torch.Tensor | None = None) -> torch.Tensor:
-        if (
-            self.fuse_upsample
-            and all(n * s == m for n, s, m in zip(x.shape[2:], self.scale, size, strict=True))
-            and math.prod(x.shape[2:]) >= FUSED_MIN_VOXELS
-        ):
-            conv, norm, activation = self.conv1
-            x = activation(norm(upsample_conv(x, conv.weight, conv.bias, self.scale, skip)))
-            return self.attention2(self.conv2(x))
-        if self.transposed:
+    def forward(self, x: torch.Tensor, size: list[int], skip: torch.Tensor | None = None) -> torch.Tensor:
+        # the fused path is eager-only (and compiled); scripts run the plain one. A lone is_scripting() test
+        # is what TorchScript resolves at compile time, so the Python-only branch is never compiled.
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if (
+                self.fuse_upsample
+                and not capturing_graph(compiling=False)
+                and all(n * s == m for n, s, m in zip(x.shape[2:], self.scale, size, strict=True))
+                and math.prod(x.shape[2:]) >= FUSED_MIN_VOXELS
+            ):
+                conv, norm, activation = self.conv1
+                x = activation(norm(upsample_conv(x, conv.weight, conv.bias, self.scale, skip)))
+                return self.attention2(self.conv2(x))
+        if hasattr(self, "upsample"):  # transposed convolution (TorchScript resolves hasattr statically)
             x = self.upsample(x)
-        elif tuple(x.shape[2:]) != tuple(size):
-            x = interpolate(x, size, self.interpolation_mode)
+        elif list(x.shape[2:]) != list(size):
+            if torch.jit.is_scripting():
+                x = F.interpolate(x, size=size, mode=self.interpolation_mode)
+            else:
+                x = interpolate(x, size, self.interpolation_mode)
         if skip is not None:
             x = self.attention1(torch.cat([x, skip], dim=1))
         return self.attention2(self.conv2(self.conv1(x)))
@@ -149,12 +158,12 @@ class UnetDecoder(nn.Module):
         self.level_channels = tuple(decoder_channels[::-1])
         self.level_reductions = tuple(tuple(r) for r in reductions[:depth])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = self.center(features[-1])
         depth = len(features) - 1
         for i, block in enumerate(self.blocks):
             level = depth - i - 1  # the level this block outputs
-            skip = features[level] if level > 0 else None
+            skip: torch.Tensor | None = features[level] if level > 0 else None
             x = block(x, features[level].shape[2:], skip)
         return x
 
