@@ -1,0 +1,114 @@
+"""timm's attention families as ``tu-`` encoders: N-D window/grid attention, padding, and the inflation proof."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import smp3d
+from smp3d_encoders.timm_attention import (
+    grid_partition,
+    grid_reverse,
+    relative_position_bias,
+    window_partition,
+    window_reverse,
+)
+from weights_tools.verify import depth_stride_one, inflation_report
+
+timm = pytest.importorskip("timm")
+
+# The smallest model of each family the proof covers, and the encoder depth used (deeper stages of the big
+# ones are left out to keep the test fast; every kind of block already runs in the stages kept).
+PROOF = {
+    "swin_tiny_patch4_window7_224": 3,  # shifted windows, padding 8 -> 14, patch merging
+    "maxvit_pico_rw_256": 4,  # block + grid partitions (padded, masked), relative bias
+    "coatnet_pico_rw_224": 5,  # global attention with a relative bias interpolated to the feature size
+    "pvt_v2_b0": 5,  # spatial-reduction attention
+    "caformer_s18": 3,  # MetaFormer: separable-conv and attention stages
+}
+
+
+def _tu(name: str, **kwargs) -> torch.nn.Module:
+    return smp3d.get_encoder(f"tu-{name}", **kwargs)
+
+
+@pytest.mark.parametrize("name", list(PROOF))
+def test_depth_constant_volume_gives_the_2d_features(name: str) -> None:
+    """The proof: timm-shaped 2D weights inflated; every depth slice of every feature equals the 2D feature."""
+    depth = PROOF[name]
+    torch.manual_seed(0)
+    encoder_2d = _tu(name, spatial_dims=2, depth=depth).eval()
+    encoder_3d = _tu(name, spatial_dims=3, depth=depth, strides=depth_stride_one(depth))
+    image = torch.randn(1, 3, 32, 32)
+    report = inflation_report(encoder_2d, encoder_3d, image=image, depth=3, mode="i3d", dtype=torch.float64)
+    assert report.max_rel < 1e-5, report
+
+
+@pytest.mark.parametrize("window", [(2, 3), (2, 3, 2), (1, 2, 3, 2)])
+def test_partitions_invert(window) -> None:
+    sizes = tuple(w * k for w, k in zip(window, (3, 2, 1, 2), strict=False))
+    x = torch.randn(2, *sizes, 5)
+    for part, reverse in ((window_partition, window_reverse), (grid_partition, grid_reverse)):
+        windows = part(x, window)
+        assert windows.shape[1:] == (*window, 5)
+        assert torch.equal(reverse(windows, window, sizes), x)
+    # a window holds neighbours; a grid holds tokens ``size // grid`` apart
+    first = window_partition(x, window)[0]
+    assert torch.equal(first, x[(0, *(slice(0, w) for w in window))])
+    first_grid = grid_partition(x, window)[0]
+    assert torch.equal(first_grid, x[(0, *(slice(0, s, s // w) for s, w in zip(sizes, window, strict=True)))])
+
+
+def test_relative_bias_copies_the_2d_table_along_new_axes() -> None:
+    table = torch.randn(2, 5, 5)  # heads, 2 * 3 - 1, 2 * 3 - 1
+    flat = relative_position_bias(table, (3, 3))
+    nd = relative_position_bias(table, (3, 3, 2))
+    assert nd.shape == (2, 18, 18)
+    # tokens (h, w, d): the bias depends on the (h, w) offset only
+    nd = nd.view(2, 3, 3, 2, 3, 3, 2)
+    for d in range(2):
+        for e in range(2):
+            assert torch.equal(nd[:, :, :, d, :, :, e].reshape(2, 9, 9), flat)
+    # a window smaller than the table takes the centre; a larger one interpolates with the centre kept
+    assert torch.equal(relative_position_bias(table, (2, 2))[:, 0, 0], table[:, 2, 2])
+    assert torch.allclose(relative_position_bias(table, (5, 5))[:, 0, 0], table[:, 2, 2])
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "pvt_v2_b0"])
+def test_2d_conversion_gives_timms_outputs(name: str) -> None:
+    """In 2D the N-D classes are timm's model wherever timm accepts the input (here img_size = the input)."""
+    size = {"img_size": 32} if name.startswith("swin") else {}  # Swin's windows follow img_size in timm
+    reference = timm.create_model(name, features_only=True, out_indices=(0, 1), **size).eval()
+    encoder = _tu(name, spatial_dims=2, depth=3, **size).eval()
+    encoder.load_state_dict({f"model.{k}": v for k, v in reference.state_dict().items()})
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        nhwc = getattr(reference, "output_fmt", "NCHW") == "NHWC"
+        expected = [f.permute(0, 3, 1, 2) if nhwc else f for f in reference(image)]
+        got = encoder(image)[2:]
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(40, 24, 16), (56, 32, 8)])
+def test_window_attention_pads_sizes_that_do_not_divide(size) -> None:
+    """No size is imposed: MaxViT (block + grid) and Swin take feature sizes no window divides (10, 14, 8 at
+    reduction 4 for windows of 7)."""
+    for name in ("maxvit_pico_rw_256", "swin_tiny_patch4_window7_224"):
+        encoder = _tu(name, depth=3, in_channels=1)
+        x = torch.randn(1, 1, *size)
+        features = encoder(x)
+        for f, red, c in zip(features[1:], encoder.reductions[1:], encoder.out_channels[1:], strict=True):
+            assert f.shape[1] == c
+            assert tuple(f.shape[2:]) == tuple(s // r for s, r in zip(size, red, strict=True))
+        sum(f.square().mean() for f in features[1:] if f.numel()).backward()
+        assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+
+
+def test_maxvit_base_tf_224_builds_on_meta_and_pads() -> None:
+    """The seed-era name builds without a size imposed by a probe: 224^3, 96^3 and 128^3 on the meta device."""
+    with torch.device("meta"):
+        encoder = _tu("maxvit_base_tf_224.in21k", in_channels=1)
+    for size in (224, 96, 128):
+        features = encoder(torch.empty(1, 1, size, size, size, device="meta"))
+        assert [tuple(f.shape[2:]) for f in features] == [(size // 2**i,) * 3 for i in range(6)]
