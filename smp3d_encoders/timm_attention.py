@@ -449,10 +449,7 @@ class _PvtAttentionNd:
         q = self.q(x).reshape(batch, tokens, self.num_heads, -1).permute(0, 2, 1, 3)
         if self.pool is not None or self.sr is not None:
             kv_in = x.permute(0, 2, 1).reshape(batch, channels, *feat_size)
-            if self.pool is not None:
-                kv_in = self.sr(self.pool(kv_in))
-            else:
-                kv_in = self.sr(kv_in)
+            kv_in = self.sr(self.pool(kv_in) if self.pool is not None else kv_in)
             kv_in = self.norm(kv_in.reshape(batch, channels, -1).permute(0, 2, 1))
             if self.pool is not None:
                 kv_in = self.act(kv_in)
