@@ -297,6 +297,46 @@ class _SwinBlockNd:
         return x.reshape(shape)
 
 
+class _SwinV2BlockNd(_SwinBlockNd):
+    """Swin V2's block (normalisation after attention and MLP) on ``(B, *spatial, C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x + self.drop_path1(self.norm1(self._attn(x)))
+        x = x.reshape(shape[0], -1, shape[-1])
+        x = x + self.drop_path2(self.norm2(self.mlp(x)))
+        return x.reshape(shape)
+
+
+class _SwinV2WindowAttentionNd:
+    """Swin V2's cosine window attention with its continuous (MLP) position bias, for windows of any shape."""
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, window: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        window = tuple(window) if window is not None else tuple(self.window_size)
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        else:
+            bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+            qkv = self.qkv(x) + bias if self.qkv_bias_separate else F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        logit_scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+        q = F.normalize(q, dim=-1) * logit_scale
+        k = F.normalize(k, dim=-1)
+        table = self.cpb_mlp(self.relative_coords_table)[0].permute(2, 0, 1)  # heads, 2wh-1, 2ww-1
+        bias = (16 * torch.sigmoid(relative_position_bias(table, window))).unsqueeze(0)
+        if mask is not None:
+            windows = mask.shape[0]
+            mask = mask.view(1, windows, 1, tokens, tokens).expand(batch // windows, -1, self.num_heads, -1, -1)
+            bias = bias + mask.reshape(-1, self.num_heads, tokens, tokens)
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=1.0)
+        x = x.transpose(1, 2).reshape(batch, tokens, channels)
+        return self.proj_drop(self.proj(x))
+
+
 class _PatchMergingNd:
     """Swin's patch merging: 2x2 along height and width as timm; added axes averaged by pairs (stride 2) or kept."""
 
@@ -326,7 +366,17 @@ class _PatchMergingNd:
         x = x.reshape(batch, h // 2, 2, w // 2, 2, *rest, channels)
         r = len(rest)
         x = x.permute(0, 1, 3, *range(5, 5 + r), 4, 2, 5 + r).flatten(3 + r)
+        return self._project(x)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
         return self.reduction(self.norm(x))
+
+
+class _PatchMergingV2Nd(_PatchMergingNd):
+    """Swin V2's patch merging (normalisation after the linear layer)."""
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.reduction(x))
 
 
 # -- MaxViT / CoAtNet / MaxxViT ---------------------------------------------------------------------
@@ -479,12 +529,210 @@ class _MetaFormerStageNd:
         return x
 
 
+# -- global attention over a set of tokens; MobileViT --------------------------------------------------
+
+
+class _FlatTokensNd:
+    """A channels-first global attention with no spatial operator inside (FastViT's): every spatial axis is
+    flattened into one token axis, timm's 2D forward runs on ``(B, C, N, 1)``, and the axes are restored."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            return super().forward(x)
+        shape = x.shape
+        out = super().forward(x.flatten(2).unsqueeze(-1))
+        return out.reshape(*out.shape[:2], *shape[2:])
+
+
+def _unfold_patches(x: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(B, C, *sizes)`` (multiples of ``patch``) -> ``(B, C, P, N)``: P pixels of a patch, N patches."""
+    batch, channels, n = x.shape[0], x.shape[1], len(patch)
+    counts = tuple(s // p for s, p in zip(x.shape[2:], patch, strict=True))
+    shape = [batch, channels]
+    for c, p in zip(counts, patch, strict=True):
+        shape += [c, p]
+    order = [0, 1, *range(3, 2 * n + 2, 2), *range(2, 2 * n + 1, 2)]
+    return x.reshape(shape).permute(order).reshape(batch, channels, math.prod(patch), math.prod(counts)), counts
+
+
+def _fold_patches(x: torch.Tensor, patch: Sequence[int], counts: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`_unfold_patches`."""
+    batch, channels, n = x.shape[0], x.shape[1], len(patch)
+    x = x.reshape(batch, channels, *patch, *counts)
+    order = [0, 1]
+    for i in range(n):
+        order += [2 + n + i, 2 + i]
+    return x.permute(order).reshape(batch, channels, *(c * p for c, p in zip(counts, patch, strict=True)))
+
+
+def _resize(x: torch.Tensor, sizes: Sequence[int], align_corners: bool) -> torch.Tensor:
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
+    return F.interpolate(x, size=tuple(sizes), mode=mode, align_corners=align_corners)
+
+
+class _MobileVitBlockNd:
+    """MobileViT's block: patches of ``patch_size`` per axis (square patches extended along added axes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_1x1(self.conv_kxk(x))
+        sizes = tuple(x.shape[2:])
+        patch = _extend(self.patch_size, len(sizes), 1)
+        new = tuple(-(-s // p) * p for s, p in zip(sizes, patch, strict=True))
+        if new != sizes:
+            x = _resize(x, new, False)
+        batch, channels = x.shape[:2]
+        x, counts = _unfold_patches(x, patch)  # B, C, P, N
+        x = x.permute(0, 2, 3, 1).reshape(batch * math.prod(patch), math.prod(counts), channels)
+        x = self.norm(self.transformer(x))
+        x = x.reshape(batch, math.prod(patch), math.prod(counts), channels).permute(0, 3, 1, 2)
+        x = _fold_patches(x, patch, counts)
+        if new != sizes:
+            x = _resize(x, sizes, False)
+        x = self.conv_proj(x)
+        if self.conv_fusion is not None:
+            x = self.conv_fusion(torch.cat((shortcut, x), dim=1))
+        return x
+
+
+class _MobileVitV2BlockNd:
+    """MobileViT V2's block over any number of axes. Its transformer works on ``(B, C, P, N)`` with 1x1
+    convolutions; in N-D it gets ``(B, C, P, 1, ..., N)``, so its (converted) 1x1 convolutions and its
+    reductions over the last axis see the patches where timm's code expects them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = tuple(x.shape[2:])
+        n = len(sizes)
+        patch = _extend(self.patch_size, n, 1)
+        new = tuple(-(-s // p) * p for s, p in zip(sizes, patch, strict=True))
+        if new != sizes:
+            x = _resize(x, new, True)
+        x = self.conv_1x1(self.conv_kxk(x))
+        x, counts = _unfold_patches(x, patch)
+        batch, channels, pixels, patches = x.shape
+        x = x.reshape(batch, channels, pixels, *(1,) * (n - 2), patches)
+        x = self.norm(self.transformer(x))
+        x = _fold_patches(x.reshape(batch, channels, pixels, patches), patch, counts)
+        return self.conv_proj(x)
+
+
+# -- DaViT --------------------------------------------------------------------------------------------
+
+
+class _PaddedStemNd:
+    """A stem that pads each axis to its stride before its convolution (DaViT's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for size, st in reversed(list(zip(x.shape[2:], self.conv.stride, strict=True))):
+            pads += [0, (st - size % st) % st]
+        if any(pads):
+            x = F.pad(x, pads)
+        return self.norm(self.conv(x))
+
+
+class _DavitSpatialBlockNd:
+    """DaViT's window block over any number of axes: timm's windows along height and width (padded as timm
+    pads), ``min(window, size)`` along added axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        batch, channels, sizes = shape[0], shape[1], tuple(shape[2:])
+        window = tuple(self.window_size) + tuple(
+            min(self.window_size[0], s) if self.window_size[0] == self.window_size[1] else 1 for s in sizes[2:]
+        )
+        shortcut = self.cpe1(x).flatten(2).transpose(1, 2)
+        x = self.norm1(shortcut).view(batch, *sizes, channels)
+        x = pad_to_multiple(x, window)
+        padded = tuple(x.shape[1:-1])
+        windows = self.attn(window_partition(x, window).reshape(-1, math.prod(window), channels))
+        x = _crop(window_reverse(windows.reshape(-1, *window, channels), window, padded), sizes)
+        x = shortcut + self.drop_path1(x.reshape(batch, -1, channels))
+        x = self.cpe2(x.transpose(1, 2).reshape(shape))
+        if self.mlp is not None:
+            x = x.flatten(2).transpose(1, 2)
+            x = x + self.drop_path2(self.mlp(self.norm2(x)))
+            x = x.transpose(1, 2).reshape(shape)
+        return x
+
+
+class _DavitChannelBlockNd:
+    """DaViT's channel-attention block over any number of axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = self.cpe1(x).flatten(2).transpose(1, 2)
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        x = self.cpe2(x.transpose(1, 2).reshape(shape))
+        if self.mlp is not None:
+            x = x.flatten(2).transpose(1, 2)
+            x = x + self.drop_path2(self.mlp(self.norm2(x)))
+            x = x.transpose(1, 2).reshape(shape)
+        return x
+
+
+# -- TinyViT (LeViT-style biases over absolute offsets) -----------------------------------------------
+
+
+def absolute_offset_bias(biases: torch.Tensor, resolution: Sequence[int], window: Sequence[int]) -> torch.Tensor:
+    """``(heads, N, N)`` bias of an N-D window from LeViT-style biases ``(heads, rh * rw)`` indexed by the
+    absolute (height, width) offset; added axes share the entry (the 2D table copied along them). A window
+    larger than ``resolution`` interpolates the table (bilinear, offset 0 kept)."""
+    rows, cols = int(resolution[0]), int(resolution[1])
+    table = biases.reshape(biases.shape[0], rows, cols)
+    need = (max(rows, window[0]), max(cols, window[1]))
+    if need != (rows, cols):
+        table = F.interpolate(table.unsqueeze(0), size=need, mode="bilinear", align_corners=True)[0]
+    offsets = relative_offsets(window, biases.device).abs()
+    return table[:, offsets[0], offsets[1]]
+
+
+class _TinyVitAttentionNd:
+    """TinyViT's attention for an N-D window (passed by the block); SDPA."""
+
+    def forward(self, x: torch.Tensor, window: Sequence[int] | None = None) -> torch.Tensor:
+        window = tuple(window) if window is not None else tuple(self.resolution)
+        batch, tokens, _ = x.shape
+        x = self.norm(x)
+        q, k, v = (
+            self.qkv(x).view(batch, tokens, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], 3)
+        )
+        q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+        bias = absolute_offset_bias(self.attention_biases, self.resolution, window).unsqueeze(0).to(q.dtype)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, self.out_dim))
+
+
+class _TinyVitBlockNd:
+    """TinyViT's block on ``(B, *spatial, C)``: timm's window along height and width (padded as timm pads),
+    ``min(window, size)`` along added axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        batch, sizes, channels = shape[0], tuple(shape[1:-1]), shape[-1]
+        window = (self.window_size,) * 2 + tuple(min(self.window_size, s) for s in sizes[2:])
+        shortcut = x
+        padded_x = pad_to_multiple(x, window)
+        padded = tuple(padded_x.shape[1:-1])
+        windows = window_partition(padded_x, window).reshape(-1, math.prod(window), channels)
+        windows = self.attn(windows, window=window)
+        x = _crop(window_reverse(windows.reshape(-1, *window, channels), window, padded), sizes)
+        x = shortcut + self.drop_path1(x)
+        x = self.local_conv(x.movedim(-1, 1))
+        x = x.reshape(batch, channels, -1).transpose(1, 2)
+        x = x + self.drop_path2(self.mlp(x))
+        return x.reshape(shape)
+
+
 # module-qualified timm class -> N-D mixin (used in 2D and N-D alike)
 ATTENTION_MIXINS: dict[str, type] = {
     "timm.layers.patch_embed.PatchEmbed": _PatchEmbedNd,
     "timm.models.swin_transformer.WindowAttention": _SwinWindowAttentionNd,
     "timm.models.swin_transformer.SwinTransformerBlock": _SwinBlockNd,
     "timm.models.swin_transformer.PatchMerging": _PatchMergingNd,
+    "timm.models.swin_transformer_v2.WindowAttention": _SwinV2WindowAttentionNd,
+    "timm.models.swin_transformer_v2.SwinTransformerV2Block": _SwinV2BlockNd,
+    "timm.models.swin_transformer_v2.PatchMerging": _PatchMergingV2Nd,
     "timm.models.maxxvit.AttentionCl": _AttentionClNd,
     "timm.models.maxxvit.Attention2d": _Attention2dNd,
     "timm.models.maxxvit.PartitionAttentionCl": _PartitionAttentionClNd,
@@ -494,4 +742,12 @@ ATTENTION_MIXINS: dict[str, type] = {
     "timm.models.pvt_v2.MlpWithDepthwiseConv": _PvtMlpNd,
     "timm.models.pvt_v2.Attention": _PvtAttentionNd,
     "timm.models.metaformer.MetaFormerStage": _MetaFormerStageNd,
+    "timm.models.fastvit.Attention": _FlatTokensNd,
+    "timm.models.mobilevit.MobileVitBlock": _MobileVitBlockNd,
+    "timm.models.mobilevit.MobileVitV2Block": _MobileVitV2BlockNd,
+    "timm.models.davit.Stem": _PaddedStemNd,
+    "timm.models.davit.SpatialBlock": _DavitSpatialBlockNd,
+    "timm.models.davit.ChannelBlock": _DavitChannelBlockNd,
+    "timm.models.tiny_vit.Attention": _TinyVitAttentionNd,
+    "timm.models.tiny_vit.TinyVitBlock": _TinyVitBlockNd,
 }

@@ -44,6 +44,8 @@ from smp3d.encoders.inflate import inflate_kernel
 
 from .timm_attention import ATTENTION_MIXINS
 
+_ATTENTION_CLASSES = tuple(ATTENTION_MIXINS.values())
+
 __all__ = [
     "ConversionError",
     "SpatialNdMode",
@@ -400,7 +402,8 @@ def convert_to_nd(model: nn.Module, spatial_dims: int = 3, strides: dict[str, tu
                 f"Cannot convert module {name!r} ({cls.__module__}.{cls.__name__}) to {spatial_dims}D: a BatchNorm2d "
                 f"subclass with its own forward, which no N-D conversion is known for."
             )
-        _param_shapes_left(name, m, spatial_dims)
+        if not isinstance(m, _ATTENTION_CLASSES):  # they index their 2D tables for N-D windows themselves
+            _param_shapes_left(name, m, spatial_dims)
 
 
 def convert_attention(model: nn.Module) -> None:
