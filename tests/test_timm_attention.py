@@ -17,14 +17,14 @@ from weights_tools.verify import depth_stride_one, inflation_report
 
 timm = pytest.importorskip("timm")
 
-# The smallest model of each family the proof covers, and the encoder depth used (deeper stages of the big
-# ones are left out to keep the test fast; every kind of block already runs in the stages kept).
+# The smallest model of each family the proof covers, and the encoder depth used: the shallowest that runs
+# every kind of attention block of the family (deeper stages are left out to keep the test fast).
 PROOF = {
-    "swin_tiny_patch4_window7_224": 3,  # shifted windows, padding 8 -> 14, patch merging
-    "maxvit_pico_rw_256": 4,  # block + grid partitions (padded, masked), relative bias
-    "coatnet_pico_rw_224": 5,  # global attention with a relative bias interpolated to the feature size
-    "pvt_v2_b0": 5,  # spatial-reduction attention
-    "caformer_s18": 3,  # MetaFormer: separable-conv and attention stages
+    "swin_tiny_patch4_window7_224": 3,  # W-MSA and shifted SW-MSA padded 8 -> 14, patch merging
+    "maxvit_pico_rw_256": 2,  # block + grid partitions (padded, masked), relative bias
+    "coatnet_pico_rw_224": 4,  # global attention with a relative bias for the actual feature size
+    "pvt_v2_b0": 3,  # spatial-reduction attention
+    "caformer_s18": 4,  # MetaFormer: separable-convolution stages, then attention stages
 }
 
 
@@ -74,18 +74,30 @@ def test_relative_bias_copies_the_2d_table_along_new_axes() -> None:
     assert torch.allclose(relative_position_bias(table, (5, 5))[:, 0, 0], table[:, 2, 2])
 
 
-@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "pvt_v2_b0"])
+# Families whose N-D forward is ours; in 2D it must be timm's model wherever timm accepts the input (Swin:
+# img_size = the input, as timm's windows follow img_size).
+TIMM_2D = {
+    "swin_tiny_patch4_window7_224": {"img_size": 32},
+    "pvt_v2_b0": {},
+    "mobilevit_xxs": {},
+    "mobilevitv2_050": {},
+    "tiny_vit_5m_224": {},
+    "davit_tiny": {},
+}
+
+
+@pytest.mark.parametrize("name", list(TIMM_2D))
 def test_2d_conversion_gives_timms_outputs(name: str) -> None:
-    """In 2D the N-D classes are timm's model wherever timm accepts the input (here img_size = the input)."""
-    size = {"img_size": 32} if name.startswith("swin") else {}  # Swin's windows follow img_size in timm
-    reference = timm.create_model(name, features_only=True, out_indices=(0, 1), **size).eval()
-    encoder = _tu(name, spatial_dims=2, depth=3, **size).eval()
-    encoder.load_state_dict({f"model.{k}": v for k, v in reference.state_dict().items()})
+    encoder = _tu(name, spatial_dims=2, depth=3, **TIMM_2D[name]).eval()
+    indices = encoder.model.feature_info.out_indices
+    reference = timm.create_model(name, features_only=True, out_indices=indices, **TIMM_2D[name]).eval()
+    reference.load_state_dict({k[len("model.") :]: v for k, v in encoder.state_dict().items()})
     image = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        nhwc = getattr(reference, "output_fmt", "NCHW") == "NHWC"
-        expected = [f.permute(0, 3, 1, 2) if nhwc else f for f in reference(image)]
-        got = encoder(image)[2:]
+        expected = reference(image)
+        if getattr(reference, "output_fmt", "NCHW") == "NHWC":
+            expected = [f.permute(0, 3, 1, 2) for f in expected]
+        got = encoder(image)[1 + encoder.placeholder :]
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
