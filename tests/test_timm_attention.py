@@ -76,21 +76,22 @@ def test_relative_bias_copies_the_2d_table_along_new_axes() -> None:
 
 # Families whose N-D forward is ours; in 2D it must be timm's model wherever timm accepts the input (Swin:
 # img_size = the input, as timm's windows follow img_size).
-TIMM_2D = {
-    "swin_tiny_patch4_window7_224": {"img_size": 32},
-    "pvt_v2_b0": {},
-    "mobilevit_xxs": {},
-    "mobilevitv2_050": {},
-    "tiny_vit_5m_224": {},
-    "davit_tiny": {},
+TIMM_2D = {  # name: (depth reaching its first attention stage, timm kwargs)
+    "swin_tiny_patch4_window7_224": (2, {"img_size": 32}),
+    "pvt_v2_b0": (2, {}),
+    "mobilevit_xxs": (3, {}),
+    "mobilevitv2_050": (3, {}),
+    "tiny_vit_5m_224": (3, {}),
+    "davit_tiny": (2, {}),
 }
 
 
 @pytest.mark.parametrize("name", list(TIMM_2D))
 def test_2d_conversion_gives_timms_outputs(name: str) -> None:
-    encoder = _tu(name, spatial_dims=2, depth=3, **TIMM_2D[name]).eval()
+    depth, kwargs = TIMM_2D[name]
+    encoder = _tu(name, spatial_dims=2, depth=depth, **kwargs).eval()
     indices = encoder.model.feature_info.out_indices
-    reference = timm.create_model(name, features_only=True, out_indices=indices, **TIMM_2D[name]).eval()
+    reference = timm.create_model(name, features_only=True, out_indices=indices, **kwargs).eval()
     reference.load_state_dict({k[len("model.") :]: v for k, v in encoder.state_dict().items()})
     image = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
