@@ -724,6 +724,24 @@ class _TinyVitBlockNd:
         return x.reshape(shape)
 
 
+# -- NextViT -------------------------------------------------------------------------------------------
+
+
+class _NextTransformerBlockNd:
+    """NextViT's transformer block: its efficient attention sees every spatial axis flattened into tokens."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        shape = x.shape
+        out = self.norm1(x).reshape(shape[0], shape[1], -1).transpose(-1, -2)
+        out = self.mhsa_drop_path(self.e_mhsa(out))
+        x = x + out.transpose(-1, -2).reshape(shape)
+        out = self.projection(x)
+        out = out + self.mhca_drop_path(self.mhca(out))
+        x = torch.cat([x, out], dim=1)
+        return x + self.mlp_drop_path(self.mlp(self.norm2(x)))
+
+
 # module-qualified timm class -> N-D mixin (used in 2D and N-D alike)
 ATTENTION_MIXINS: dict[str, type] = {
     "timm.layers.patch_embed.PatchEmbed": _PatchEmbedNd,
@@ -750,4 +768,5 @@ ATTENTION_MIXINS: dict[str, type] = {
     "timm.models.davit.ChannelBlock": _DavitChannelBlockNd,
     "timm.models.tiny_vit.Attention": _TinyVitAttentionNd,
     "timm.models.tiny_vit.TinyVitBlock": _TinyVitBlockNd,
+    "timm.models.nextvit.NextTransformerBlock": _NextTransformerBlockNd,
 }
