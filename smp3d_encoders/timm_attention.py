@@ -631,6 +631,20 @@ class _PaddedStemNd:
         return self.norm(self.conv(x))
 
 
+class _DavitDownsampleNd:
+    """DaViT's downsampling: normalise, pad each axis to an even kernel, convolve."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        if self.even_k:
+            pads: list[int] = []
+            for size, k in reversed(list(zip(x.shape[2:], self.conv.kernel_size, strict=True))):
+                pads += [0, (k - size % k) % k]
+            if any(pads):
+                x = F.pad(x, pads)
+        return self.conv(x)
+
+
 class _DavitSpatialBlockNd:
     """DaViT's window block over any number of axes: timm's windows along height and width (padded as timm
     pads), ``min(window, size)`` along added axes."""
@@ -764,6 +778,7 @@ ATTENTION_MIXINS: dict[str, type] = {
     "timm.models.mobilevit.MobileVitBlock": _MobileVitBlockNd,
     "timm.models.mobilevit.MobileVitV2Block": _MobileVitV2BlockNd,
     "timm.models.davit.Stem": _PaddedStemNd,
+    "timm.models.davit.Downsample": _DavitDownsampleNd,
     "timm.models.davit.SpatialBlock": _DavitSpatialBlockNd,
     "timm.models.davit.ChannelBlock": _DavitChannelBlockNd,
     "timm.models.tiny_vit.Attention": _TinyVitAttentionNd,
