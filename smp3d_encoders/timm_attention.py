@@ -756,6 +756,28 @@ class _NextTransformerBlockNd:
         return x + self.mlp_drop_path(self.mlp(self.norm2(x)))
 
 
+# -- EfficientViT (MIT) -------------------------------------------------------------------------------
+
+
+class _LiteMlaNd:
+    """EfficientViT's multi-scale linear attention over any number of axes (tokens: all spatial positions)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        qkv = self.qkv(x)
+        qkv = torch.cat([qkv, *(op(qkv) for op in self.aggreg)], dim=1)
+        qkv = qkv.reshape(batch, -1, 3 * self.dim, math.prod(sizes)).transpose(-1, -2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = self.kernel_func(q), self.kernel_func(k)
+        v = F.pad(v, (0, 1), mode="constant", value=1.0)
+        if v.device.type != "meta":
+            with torch.autocast(device_type=v.device.type, enabled=False):
+                out = self._attn(q, k, v)
+        else:
+            out = self._attn(q, k, v)
+        return self.proj(out.transpose(-1, -2).reshape(batch, -1, *sizes))
+
+
 # module-qualified timm class -> N-D mixin (used in 2D and N-D alike)
 ATTENTION_MIXINS: dict[str, type] = {
     "timm.layers.patch_embed.PatchEmbed": _PatchEmbedNd,
@@ -784,4 +806,5 @@ ATTENTION_MIXINS: dict[str, type] = {
     "timm.models.tiny_vit.Attention": _TinyVitAttentionNd,
     "timm.models.tiny_vit.TinyVitBlock": _TinyVitBlockNd,
     "timm.models.nextvit.NextTransformerBlock": _NextTransformerBlockNd,
+    "timm.models.efficientvit_mit.LiteMLA": _LiteMlaNd,
 }

@@ -82,7 +82,8 @@ TIMM_2D = {  # name: (depth reaching its first attention stage, timm kwargs)
     "mobilevit_xxs": (3, {}),
     "mobilevitv2_050": (3, {}),
     "tiny_vit_5m_224": (3, {}),
-    "davit_tiny": (2, {}),
+    "davit_tiny": (3, {}),
+    "efficientvit_b0": (4, {}),
 }
 
 
