@@ -24,7 +24,8 @@ timm's networks are written for (B, C, H, W) images. Two mechanisms carry them t
 The rule for a missing depth entry is the same everywhere: where a 2D argument is equal along H
 and W (a square kernel, an isotropic stride, symmetric padding), depth gets that value; where
 they differ (Inception's 1x7 and 7x1 kernels), depth gets the neutral value (kernel 1, stride
-1, padding 0). In 2D nothing is converted: the timm network is used as it is.
+1, padding 0). In 2D only the attention layers of :mod:`.timm_attention` are switched (they equal timm's
+where timm accepts the input and pad where timm asserts a size); the rest of the timm network is used as it is.
 """
 
 from __future__ import annotations

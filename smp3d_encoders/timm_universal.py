@@ -1,4 +1,4 @@
-"""``tu-<timm name>``: any timm CNN as a 2D or 3D encoder, built from the installed timm.
+"""``tu-<timm name>``: timm's CNNs and hierarchical transformers as 2D or 3D encoders, built from the installed timm.
 
 The resolver registered for the prefix ``tu`` (entry-point group ``smp3d.encoder_resolvers``)
 turns ``tu-resnet50d`` or ``tu-convnext_atto.d2_in1k`` into a spec whose builder
