@@ -499,6 +499,13 @@ class _PvtAttentionNd:
         q = self.q(x).reshape(batch, tokens, self.num_heads, -1).permute(0, 2, 1, 3)
         if self.pool is not None or self.sr is not None:
             kv_in = x.permute(0, 2, 1).reshape(batch, channels, *feat_size)
+            if self.pool is None:
+                # an axis shorter than the reduction kernel (a thin depth) is replicated up to it, never refused
+                pads: list[int] = []
+                for size, k in reversed(list(zip(kv_in.shape[2:], self.sr.kernel_size, strict=True))):
+                    pads += [0, max(k - size, 0)]
+                if any(pads):
+                    kv_in = F.pad(kv_in, pads, mode="replicate")
             kv_in = self.sr(self.pool(kv_in) if self.pool is not None else kv_in)
             kv_in = self.norm(kv_in.reshape(batch, channels, -1).permute(0, 2, 1))
             if self.pool is not None:
