@@ -212,6 +212,7 @@ def report(results: dict[str, dict], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit-per-family", type=int, default=None)
+    parser.add_argument("--families", default=None, help="comma-separated timm modules to check (default: all)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)))
     parser.add_argument("--cache", type=Path, default=ROOT / ".timm_coverage.json")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "timm_coverage.md")
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     names = timm.list_models()
+    if args.families:
+        wanted = set(args.families.split(","))
+        names = [n for n in names if _family(n) in wanted]
     if args.limit_per_family:
         per: dict[str, int] = collections.Counter()
         sample = []
@@ -232,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/timm_coverage.py" + (
         f" --limit-per-family {args.limit_per_family}" if args.limit_per_family else ""
     )
+    if args.families:
+        command += f" --families {args.families}"
     text = report(results, command)
     tmp = args.output.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -24,7 +24,8 @@ timm's networks are written for (B, C, H, W) images. Two mechanisms carry them t
 The rule for a missing depth entry is the same everywhere: where a 2D argument is equal along H
 and W (a square kernel, an isotropic stride, symmetric padding), depth gets that value; where
 they differ (Inception's 1x7 and 7x1 kernels), depth gets the neutral value (kernel 1, stride
-1, padding 0). In 2D nothing is converted: the timm network is used as it is.
+1, padding 0). In 2D only the attention layers of :mod:`.timm_attention` are switched (they equal timm's
+where timm accepts the input and pad where timm asserts a size); the rest of the timm network is used as it is.
 """
 
 from __future__ import annotations
@@ -42,9 +43,14 @@ from torch.overrides import TorchFunctionMode
 
 from smp3d.encoders.inflate import inflate_kernel
 
+from .timm_attention import ATTENTION_MIXINS
+
+_ATTENTION_CLASSES = tuple(ATTENTION_MIXINS.values())
+
 __all__ = [
     "ConversionError",
     "SpatialNdMode",
+    "convert_attention",
     "convert_to_nd",
     "extend",
     "nd_mode",
@@ -228,10 +234,15 @@ def _nd_class(cls: type) -> type | None:
     """The N-D subclass of the timm layer ``cls`` (created once, registered under a module-level name)."""
     if cls in _ND_CLASSES:
         return _ND_CLASSES[cls]
-    mixin = _MIXINS.get(cls.__name__) if cls.__module__.startswith("timm.") else None
+    if not cls.__module__.startswith("timm."):
+        return None
+    mixin = ATTENTION_MIXINS.get(f"{cls.__module__}.{cls.__name__}") or _MIXINS.get(cls.__name__)
     if mixin is None:
         return None
-    nd = type(f"{cls.__name__}Nd", (mixin, cls), {"__module__": __name__})
+    name = f"{cls.__name__}Nd"
+    if name in globals():  # the same class name in two timm modules (Swin's and Swin V2's WindowAttention)
+        name = f"{cls.__module__.rpartition('.')[2]}_{name}"
+    nd = type(name, (mixin, cls), {"__module__": __name__})
     nd.__qualname__ = nd.__name__
     globals()[nd.__name__] = nd  # so that pickling finds it
     _ND_CLASSES[cls] = nd
@@ -275,6 +286,14 @@ def _convert_conv(name: str, m: _ConvNd, spatial_dims: int, stride: tuple[int, .
         s if patchify and k == n and s != n else k for k, n, s in zip(kernel, native, new_stride, strict=True)
     )
     m.padding = _nd_padding(m.padding, kernel, spatial_dims)
+    if not isinstance(m.padding, str):
+        # an axis whose stride is lowered to 1 keeps its size: a stem such as kernel 7, stride 4, padding 2
+        # would otherwise lose voxels along it at every level
+        dilation = extend(m.dilation, spatial_dims, 1)
+        m.padding = tuple(
+            max(p, d * (k - 1) // 2) if s == 1 and n > 1 and k % 2 else p
+            for p, k, s, n, d in zip(m.padding, kernel, new_stride, native, dilation, strict=True)
+        )
     m.kernel_size, m.stride = kernel, new_stride
     m.dilation = extend(m.dilation, spatial_dims, 1)
     m.output_padding = extend(m.output_padding, spatial_dims, 0)
@@ -343,6 +362,7 @@ def convert_to_nd(model: nn.Module, spatial_dims: int = 3, strides: dict[str, tu
     """
     strides = strides or {}
     if spatial_dims == 2:
+        convert_attention(model)
         for name, m in model.named_modules():
             if name in strides:
                 _restride_2d(name, m, strides[name])
@@ -367,6 +387,8 @@ def convert_to_nd(model: nn.Module, spatial_dims: int = 3, strides: dict[str, tu
             m.padding = _extend_pad(tuple(m.padding), spatial_dims)
         elif nd is not None and issubclass(nd, _BlurPoolNd):
             _convert_blur(m, spatial_dims, stride)
+        elif stride is not None and hasattr(nd or cls, "set_stride"):
+            (nd or cls).set_stride(m, name, stride)
         elif stride is not None and hasattr(m, "stride"):
             raise ConversionError(
                 f"Cannot change the stride of module {name!r} ({cls.__name__}): per-axis strides need a "
@@ -381,10 +403,26 @@ def convert_to_nd(model: nn.Module, spatial_dims: int = 3, strides: dict[str, tu
                 f"Cannot convert module {name!r} ({cls.__module__}.{cls.__name__}) to {spatial_dims}D: a BatchNorm2d "
                 f"subclass with its own forward, which no N-D conversion is known for."
             )
-        _param_shapes_left(name, m, spatial_dims)
+        if not isinstance(m, _ATTENTION_CLASSES):  # they index their 2D tables for N-D windows themselves
+            _param_shapes_left(name, m, spatial_dims)
+
+
+def convert_attention(model: nn.Module) -> None:
+    """Switch timm's attention layers (window, grid, global; see :mod:`.timm_attention`) to their N-D classes.
+
+    Done in 2D too: the N-D classes give timm's outputs where timm accepts the input, and pad where timm
+    would assert a size (window multiples, ``img_size``), so no size is imposed on the user.
+    """
+    for m in model.modules():
+        cls = type(m)
+        if cls.__module__.startswith("timm.") and f"{cls.__module__}.{cls.__name__}" in ATTENTION_MIXINS:
+            m.__class__ = _nd_class(cls)
 
 
 def _restride_2d(name: str, m: nn.Module, stride: tuple[int, ...]) -> None:
+    if hasattr(m, "set_stride"):
+        m.set_stride(name, tuple(stride))
+        return
     if isinstance(m, _ConvNd):
         native = extend(m.stride, 2, 1)
         patchify = not isinstance(m.padding, str) and all(p == 0 for p in extend(m.padding, 2, 0))

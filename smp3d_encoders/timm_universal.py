@@ -1,4 +1,4 @@
-"""``tu-<timm name>``: any timm CNN as a 2D or 3D encoder, built from the installed timm.
+"""``tu-<timm name>``: timm's CNNs and hierarchical transformers as 2D or 3D encoders, built from the installed timm.
 
 The resolver registered for the prefix ``tu`` (entry-point group ``smp3d.encoder_resolvers``)
 turns ``tu-resnet50d`` or ``tu-convnext_atto.d2_in1k`` into a spec whose builder
@@ -53,7 +53,7 @@ from smp3d.encoders import (
 from smp3d.encoders.hub import hub_file
 from smp3d.encoders.weights import read_safetensors
 
-from .timm_nd import ConversionError, convert_to_nd, nd_mode
+from .timm_nd import ConversionError, convert_attention, convert_to_nd, nd_mode
 
 __all__ = [
     "ENCODERS",
@@ -160,8 +160,10 @@ def _spatial(t: Any) -> tuple[int, ...] | None:
 
 def _is_layer(m: nn.Module) -> bool:
     """Convolutions, pools and timm's other strided layers (blur pools) are what strides live on."""
-    return isinstance(m, (_ConvNd, _MaxPoolNd, _AvgPoolNd)) or (
-        hasattr(m, "stride") and not list(m.children()) and type(m).__module__.startswith("timm.")
+    return (
+        isinstance(m, (_ConvNd, _MaxPoolNd, _AvgPoolNd))
+        or hasattr(m, "set_stride")  # token-merging layers of the attention families (Swin's patch merging)
+        or (hasattr(m, "stride") and not list(m.children()) and type(m).__module__.startswith("timm."))
     )
 
 
@@ -306,13 +308,17 @@ class TimmUniversalEncoder(Encoder):
         # The layers that downsample each level are found on a meta-device copy, in 2D; the copy is
         # then converted first, so that a model the conversion cannot handle fails before any real work.
         probe = _meta_model(timm_name, kwargs).eval()  # eval: batch statistics of one item would fail
-        layers = _trace_layers(probe, in_channels)
-        layer_strides = _layer_strides(timm_name, layers, stage_strides, spatial_dims)
+        convert_attention(probe)  # window/grid attention pads: the 2D probe's size imposes nothing
+        # tracing costs a meta forward (seconds for big transformers): only for strides other than 2, or dilation
+        default = all(all(s == 2 for s in stage) for stage in stage_strides)
+        layers = None if default else _trace_layers(probe, in_channels)
+        layer_strides = {} if default else _layer_strides(timm_name, layers, stage_strides, spatial_dims)
         super().__init__((in_channels, *channels), stage_strides, spatial_dims)
         self.timm_name = timm_name
         self.placeholder = placeholder
         self.channels_last_output = getattr(probe, "output_fmt", "NCHW") == "NHWC"
-        self._layers = tuple(layers)
+        self._layers = tuple(layers) if layers is not None else None
+        self._timm_kwargs = kwargs
         convert_to_nd(probe, spatial_dims, layer_strides)
         if spatial_dims != 2 or layer_strides:
             self._check_sizes(probe, len(indices))
@@ -367,6 +373,10 @@ class TimmUniversalEncoder(Encoder):
         layers and those working at its reduction. Models downsampling with other layers cannot be dilated."""
         modules = dict(self.model.named_modules())
         found = []
+        if self._layers is None:
+            probe = _meta_model(self.timm_name, self._timm_kwargs).eval()
+            convert_attention(probe)
+            self._layers = tuple(_trace_layers(probe, self.out_channels[0]))
         for name, inp, out in self._layers:
             levels = _levels(inp, out) if out > inp else ((_level(inp),) if inp == out else ())
             if levels and levels[-1] == stage:
