@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from architecture_checks import torch_keeps_channels_last_bf16
 
 import smp3d
 from smp3d import layers
@@ -187,8 +188,11 @@ def test_decoder_block_fuses_only_what_it_can(kwargs, fusable):
 @pytest.mark.parametrize("name", ["Unet", "UnetPlusPlus"])
 def test_models_fused_and_plain_agree(name):
     torch.manual_seed(0)
+    # float64: in training mode the batch norms of Unet++'s deep nodes (few voxels each) amplify float32
+    # rounding differences between the two (equal) computations past any fixed tolerance.
     model = getattr(smp3d, name)("resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), in_channels=1, classes=2)
-    x = torch.randn(1, 1, 32, 32, 32, requires_grad=True)
+    model = model.double()
+    x = torch.randn(1, 1, 32, 32, 32, dtype=torch.float64, requires_grad=True)
     fused = model(x)
     grad = torch.randn_like(fused)
     (fused_grad,) = torch.autograd.grad(fused, [x], grad)
@@ -295,7 +299,9 @@ def test_fused_channels_last_model_under_bf16_autocast():
         fused = model(x)
         layers.set_fused_upsample(model, False)
         plain = model(x)
-    assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last_3d)
+    assert fused.dtype == torch.bfloat16
+    if torch_keeps_channels_last_bf16():
+        assert fused.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(fused.float(), plain.float(), rtol=0.05, atol=0.1)
     fused.float().mean().backward()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
