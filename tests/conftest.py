@@ -20,6 +20,11 @@ from smp3d.encoders import registry as registry_module
 # came too late and a missing file cost a 23 s HTTP back-off in CI): set the flag it read as well.
 _hf_constants.HF_HUB_OFFLINE = True
 
+# Under pytest-xdist each of the machine's cores runs a worker: one thread each, so that OpenMP pools do not
+# oversubscribe the cores (which slows small ops many times over).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

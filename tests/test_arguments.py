@@ -105,7 +105,11 @@ def _loss_classes() -> dict[str, type]:
     return {
         name: obj
         for name, obj in vars(losses).items()
-        if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and name in losses.__all__
+        if isinstance(obj, type)
+        and issubclass(obj, torch.nn.Module)
+        and name in losses.__all__
+        # a wrapper of another loss, its arguments checked in test_deep_supervision.py
+        and name != "DeepSupervisionLoss"
     }
 
 

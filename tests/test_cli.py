@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import smp3d
 from smp3d.cli import main
 from smp3d.cli.demo import synthetic_volume
 from smp3d.training import PatchDataset, Volume, window_starts
@@ -401,3 +402,46 @@ def test_train_with_activation_checkpointing(tmp_path, h5_pair, capsys):
     assert "done: 1 epochs, 2 iterations" in out
     trainer = json.loads((ckpt / "last" / "trainer.json").read_text())
     assert trainer["config"]["checkpointing"] == "both"
+
+
+def test_train_with_deep_supervision_then_predict(tmp_path, h5_pair, capsys, monkeypatch):
+    from smp3d.losses import DeepSupervisionLoss
+
+    seen = []
+    real_forward = DeepSupervisionLoss.forward
+
+    def spy(self, prediction, target):
+        seen.append(len(prediction) if isinstance(prediction, list) else 1)
+        return real_forward(self, prediction, target)
+
+    monkeypatch.setattr(DeepSupervisionLoss, "forward", spy)
+    ckpt = tmp_path / "ckpt"
+    code, out, err = run(
+        argv(
+            f"train --train-path {h5_pair[0]} --val-path {h5_pair[1]} --classes 3 --patch 16 --batch-size 2 "
+            f"--iters 2 --epochs 1 --deep-supervision --checkpoint-dir {ckpt}"
+        ),
+        capsys,
+    )
+    assert code == 0, err
+    # Training steps see [mask, coarser masks ...] (every decoder level but the deepest); validation one mask.
+    assert seen and max(seen) == 2 and 1 in seen  # SMALL's encoder_depth 3 -> 3 levels, the deepest left out
+    config = json.loads((ckpt / "last" / "config.json").read_text())
+    assert config["deep_supervision"] is True
+    model = smp3d.from_pretrained(ckpt / "last")
+    assert model.deep_supervision and len(model.deep_supervision_heads) == 1
+    out_path = tmp_path / "pred.h5"
+    code, _, err = run(argv(f"predict --checkpoint {ckpt / 'last'} --input {h5_pair[1]} --output {out_path}"), capsys)
+    assert code == 0, err
+    assert out_path.exists()
+
+
+def test_deep_supervision_refused_where_the_decoder_has_one_level(tmp_path, h5_pair, capsys):
+    code, _, err = run(
+        argv(
+            f"train --train-path {h5_pair[0]} --classes 3 --patch 16 --batch-size 2 --iters 1 --epochs 1 "
+            f"--arch pspnet --deep-supervision"
+        ),
+        capsys,
+    )
+    assert code != 0 and "deep_supervision" in err and len(err.strip().splitlines()) == 1, err

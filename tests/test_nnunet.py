@@ -350,3 +350,10 @@ def test_converted_model_round_trips_through_save_pretrained(tmp_path):
     with torch.no_grad():
         for a, b in zip(model.train()(x), loaded.train()(x), strict=True):
             torch.testing.assert_close(b, a)
+
+
+def test_compiles_without_graph_breaks():
+    import architecture_checks as checks
+
+    model = smp3d.NNUNet("plain_nnunet", encoder_depth=3, in_channels=1, classes=2, base_channels=4)
+    checks.check_compiles(model, torch.randn(1, 1, 16, 16, 16))

@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="flip only these spatial axes (0-based), e.g. 0 for left-right only (default: all)",
     )
     model = train.add_argument_group("model")
-    model.add_argument("--arch", default="unet", help="unet, unetplusplus, fpn, deeplabv3plus, ...")
+    model.add_argument(
+        "--arch",
+        default="unet",
+        help="unet, unetplusplus, fpn, deeplabv3plus, nnunet, mednext, ... (smp3d.create_model)",
+    )
     model.add_argument("--encoder", default="resnet18")
     model.add_argument("--encoder-weights", default=None, help="a tag, a .safetensors file or folder")
     model.add_argument("--in-channels", type=_positive_int, default=1)
@@ -121,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="classes incl. background for class-index labels; channels for (C, *spatial) targets",
     )
     model.add_argument("--multilabel", action="store_true", help="targets are (C, *spatial) independent masks")
+    model.add_argument(
+        "--deep-supervision",
+        action="store_true",
+        help="a head per decoder level, trained with nnU-Net's 1/2**i weights (architectures with decoder levels)",
+    )
     model.add_argument(
         "--model-kwargs",
         type=_json_object,
@@ -232,6 +241,7 @@ def _run_train(args: argparse.Namespace) -> int:
         encoder=args.encoder,
         encoder_weights=args.encoder_weights,
         model_kwargs=args.model_kwargs,
+        deep_supervision=args.deep_supervision,
         in_channels=args.in_channels,
         classes=args.classes,
         spatial_dims=args.spatial_dims,

@@ -24,10 +24,29 @@ def build_model(config: TrainConfig) -> nn.Module:
         in_channels=config.in_channels,
         classes=config.classes,
         spatial_dims=config.spatial_dims,
-        **dict(config.model_kwargs),
+        **_model_kwargs(config),
     )
     check_patch_fits_model(model, config.patch)
     return model
+
+
+def _model_kwargs(config: TrainConfig) -> dict[str, Any]:
+    kwargs = dict(config.model_kwargs)
+    if config.deep_supervision:
+        if kwargs.get("deep_supervision", True) is not True:
+            raise TrainingError("--deep-supervision contradicts deep_supervision=false in the model arguments")
+        kwargs["deep_supervision"] = True
+    return kwargs
+
+
+def deep_supervision_loss(model: nn.Module, loss: nn.Module) -> nn.Module:
+    """``loss`` itself, or wrapped in :class:`~smp3d.losses.DeepSupervisionLoss` when the model returns one
+    mask per decoder level in training; targets are class labels, so they are downsampled by picking."""
+    if not getattr(model, "deep_supervision", False):
+        return loss
+    from ..losses import DeepSupervisionLoss
+
+    return DeepSupervisionLoss(loss, reductions=model.deep_supervision_reductions, target_mode="nearest")
 
 
 def check_patch_fits_model(model: nn.Module, patch: tuple[int, ...], what: str = "--patch") -> None:

@@ -28,7 +28,9 @@ class TrainConfig:
     (``smp3d predict`` reads ``patch``, ``mode`` and ``normalize`` from it).
 
     Model: ``arch``, ``encoder``, ``encoder_weights`` and ``model_kwargs`` go to
-    ``smp3d.create_model`` with ``in_channels``, ``classes`` and ``spatial_dims``.
+    ``smp3d.create_model`` with ``in_channels``, ``classes`` and ``spatial_dims``; ``deep_supervision``
+    adds the decoder's per-level heads and trains them with :class:`smp3d.losses.DeepSupervisionLoss`
+    (nnU-Net's weights; validation and the saved model's eval output are the full-resolution mask only).
     Task: ``mode`` is ``binary``, ``multiclass`` (class-index labels, ``classes`` counts the
     background) or ``multilabel`` ((C, *spatial) targets); ``loss`` is one of :data:`LOSSES` or
     a sum such as ``"ce+dice"``.
@@ -49,6 +51,7 @@ class TrainConfig:
     encoder: str = "resnet18"
     encoder_weights: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    deep_supervision: bool = False  # per-level heads + DeepSupervisionLoss (architectures with decoder levels)
     in_channels: int = 1
     classes: int = 2
     spatial_dims: int = 3

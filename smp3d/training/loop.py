@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .build import build_loss, build_model, build_optimizer, build_scheduler
+from .build import build_loss, build_model, build_optimizer, build_scheduler, deep_supervision_loss
 from .checkpoints import Progress, checkpoint_files, load_training_state, model_card_files, pause_point
 from .config import CHECKPOINTING, MODES, TrainConfig, channels_last_for
 from .distributed import Dist, init_distributed, resolve_device, share_from_main
@@ -130,7 +130,7 @@ def build_parts(
     return Parts(
         model,
         train_model,
-        loss_fn.to(device),
+        deep_supervision_loss(model, loss_fn).to(device),
         dataset,
         sampler,
         generator,
@@ -175,7 +175,9 @@ def train_one_epoch(config: TrainConfig, parts: Parts, epoch: int, progress: Pro
         target = to_target(label.to(parts.device, non_blocking=True), config.mode)
         with autocast:
             logits = parts.train_model(image)
-        loss = parts.loss_fn(logits.float(), target)
+        # A deep-supervised model returns [mask, coarser masks ...] in training.
+        logits = [level.float() for level in logits] if isinstance(logits, list) else logits.float()
+        loss = parts.loss_fn(logits, target)
         parts.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parts.optimizer.step()
