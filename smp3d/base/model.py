@@ -49,10 +49,10 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
 
     #: Whether the input's spatial size must be divisible by the encoder's total reduction.
     requires_divisible_input_shape = True
-    #: Whether ``torch.jit.script`` can compile this architecture, and why not (smp's flag; an
-    #: architecture made scriptable sets it True, see :mod:`smp3d.base.scripting`).
-    _is_torch_scriptable = False
-    _torch_script_refusal = "the decoder's forward is not written for TorchScript"
+    #: Whether ``torch.jit.script`` can compile this architecture, and why not (smp's flag; see
+    #: :mod:`smp3d.base.scripting`). Every architecture here scripts (its eval-mode forward).
+    _is_torch_scriptable = True
+    _torch_script_refusal = ""
     # Python-side settings and metadata: TorchScript compiles forward only.
     __jit_unused_properties__ = [
         "encoder_checkpointing",
@@ -263,6 +263,10 @@ class SegmentationModel(nn.Module, SegmentationHubMixin):
                 if self.classification_head is not None:
                     return deep_masks, self.classification_head(features[-1])
                 return deep_masks
+        return self._masks(x)
+
+    def _masks(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """encoder -> decoder -> heads without checks: the eval-mode forward, and all a script compiles."""
         features = self.encoder(x)
         masks = self.segmentation_head(self.decoder(features))
         if self.classification_head is not None:

@@ -30,11 +30,12 @@ def script_refusal(module: nn.Module) -> str | None:
 
 
 def check_scriptable(model: nn.Module) -> None:
-    """Raise :class:`TorchScriptError` if ``model`` or its encoder refuses TorchScript."""
+    """Raise :class:`TorchScriptError` if ``model``, its encoder or its decoder refuses TorchScript."""
     parts = [model]
-    encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, nn.Module):
-        parts.append(encoder)
+    for name in ("encoder", "decoder"):
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module):
+            parts.append(part)
     reasons = [r for r in map(script_refusal, parts) if r is not None]
     if reasons:
         raise TorchScriptError(

@@ -94,7 +94,7 @@ class MedNeXtDownBlock(MedNeXtBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.transform(x)
-        if self.residual:
+        if hasattr(self, "res_conv"):  # built iff residual (TorchScript resolves hasattr at compile time)
             y = y + self.res_conv(x)
         return y
 
@@ -121,7 +121,9 @@ class MedNeXtUpBlock(MedNeXtDownBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Padding is linear, so one pad of the sum equals MedNeXt's pad of each term.
-        y = super().forward(x)
+        y = self.transform(x)
+        if hasattr(self, "res_conv"):  # MedNeXtDownBlock.forward, inline (TorchScript cannot call super().forward)
+            y = y + self.res_conv(x)
         return F.pad(y, self.padding)
 
 

@@ -41,22 +41,25 @@ __all__ = [
 FUSED_MIN_VOXELS = 512
 
 
-def interpolate(x: torch.Tensor, size: Sequence[int], mode: str, **kwargs) -> torch.Tensor:
+def interpolate(x: torch.Tensor, size: list[int], mode: str, align_corners: bool | None = None) -> torch.Tensor:
     """``F.interpolate(x, size, mode)``, with nearest modes kept in ``x``'s dtype under autocast.
 
     CUDA autocast runs every upsampling in float32, so a bfloat16 map is widened, copied at twice
     the bytes and narrowed again by the next conv. Nearest upsampling only copies values, which is
     exact in any dtype, so it runs with autocast off; (multi)linear modes keep autocast's float32.
+    TorchScript compiles the plain call (scripted models run without autocast's dtype policy here).
     """
-    device = x.device.type
-    if (
-        mode in ("nearest", "nearest-exact")
-        and torch.amp.is_autocast_available(device)
-        and torch.is_autocast_enabled(device)
-    ):
-        with torch.autocast(device, enabled=False):
-            return F.interpolate(x, size=tuple(size), mode=mode, **kwargs)
-    return F.interpolate(x, size=tuple(size), mode=mode, **kwargs)
+    if not torch.jit.is_scripting():
+        device = x.device.type
+        if (
+            mode in ("nearest", "nearest-exact")
+            and torch.amp.is_autocast_available(device)
+            and torch.is_autocast_enabled(device)
+        ):
+            with torch.autocast(device, enabled=False):
+                return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
+        return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
+    return F.interpolate(x, size=size, mode=mode, align_corners=align_corners)
 
 
 def can_fuse_upsample(conv: nn.Module, scale: Sequence[int]) -> bool:

@@ -165,7 +165,10 @@ class ASPPPooling(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).expand(-1, -1, *x.shape[2:])
+        y = x
+        for layer in self:  # nn.Sequential's forward (TorchScript cannot call super().forward)
+            y = layer(y)
+        return y.expand([-1, -1] + list(x.shape[2:]))
 
 
 class ASPP(nn.Module):
@@ -250,7 +253,7 @@ class DeepLabV3Decoder(nn.Module):
         self.bn = batch_norm(spatial_dims)(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.relu(self.bn(self.conv(self.aspp(features[-1]))))
 
 
@@ -302,7 +305,7 @@ class DeepLabV3PlusDecoder(nn.Module):
             *_norm_relu(out_channels, spatial_dims),
         )
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         highres = features[self.highres_level]
         x = self.aspp(features[-1])
         if x.shape[2:] != highres.shape[2:]:

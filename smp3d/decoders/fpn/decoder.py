@@ -31,12 +31,12 @@ PYRAMID_LEVELS = 4
 GROUPS = 32
 
 
-def _resize_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(Multi)linear resize with aligned corners; a no-op when the size already matches."""
-    size = tuple(size)
-    if tuple(x.shape[2:]) == size:
+def _resize_linear(x: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
+    """(Multi)linear resize (``mode``: ``"bilinear"``/``"trilinear"``) with aligned corners; a no-op when
+    the size already matches."""
+    if list(x.shape[2:]) == list(size):
         return x
-    return F.interpolate(x, size=size, mode=interpolation_mode("linear", x.dim() - 2), align_corners=True)
+    return F.interpolate(x, size=size, mode=mode, align_corners=True)
 
 
 class ConvGroupNormReLU(nn.Module):
@@ -60,17 +60,19 @@ class SegmentationBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_upsamples: int = 0, spatial_dims: int = 3):
         super().__init__()
         self.n_upsamples = n_upsamples
+        self.linear_mode = interpolation_mode("linear", spatial_dims)
         channels = [in_channels] + [out_channels] * max(1, n_upsamples)
         self.block = nn.Sequential(
             *(ConvGroupNormReLU(cin, cout, spatial_dims) for cin, cout in zip(channels[:-1], channels[1:], strict=True))
         )
 
-    def forward(self, x: torch.Tensor, sizes: Sequence[Sequence[int]] = ()) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sizes: list[list[int]] | None = None) -> torch.Tensor:
         """``sizes``: the sizes of the ``n_upsamples`` finer pyramid levels, coarsest first."""
+        count = 0 if sizes is None else len(sizes)
         for i, layer in enumerate(self.block):
             x = layer(x)
-            if i < len(sizes):
-                x = _resize_linear(x, sizes[i])
+            if sizes is not None and i < count:
+                x = _resize_linear(x, sizes[i], self.linear_mode)
         return x
 
 
@@ -96,9 +98,9 @@ class MergeBlock(nn.Module):
             raise ValueError(f"decoder_merge_policy must be one of {MERGE_POLICIES}, got {policy!r}.")
         self.policy = policy
 
-    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         if self.policy == "cat":
-            return torch.cat(list(maps), dim=1)
+            return torch.cat(maps, dim=1)
         out = maps[0]
         for m in maps[1:]:
             out = out + m
@@ -160,25 +162,25 @@ class FPNDecoder(nn.Module):
         self.level_channels = (self.out_channels, *(pyramid_channels,) * (PYRAMID_LEVELS - 1))
         self.level_reductions = tuple(tuple(r) for r in reductions[-PYRAMID_LEVELS:])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        c2, c3, c4, c5 = features[-PYRAMID_LEVELS:]
-        p5 = self.p5(c5)
-        p4 = self.p4(p5, c4)
-        p3 = self.p3(p4, c3)
-        p2 = self.p2(p3, c2)
-        pyramid = (p5, p4, p3, p2)
-        sizes = [tuple(p.shape[2:]) for p in pyramid]
-        maps = [block(p, sizes[i + 1 :]) for i, (block, p) in enumerate(zip(self.seg_blocks, pyramid, strict=True))]
+    def _pyramid(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``[p5, p4, p3, p2]``, coarsest first."""
+        p5 = self.p5(features[-1])
+        p4 = self.p4(p5, features[-2])
+        p3 = self.p3(p4, features[-3])
+        p2 = self.p2(p3, features[-4])
+        return [p5, p4, p3, p2]
+
+    def _merged(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        sizes = [list(p.shape[2:]) for p in pyramid]
+        maps: list[torch.Tensor] = []
+        for i, block in enumerate(self.seg_blocks):  # (TorchScript iterates a ModuleList, not a zip with it)
+            maps.append(block(pyramid[i], sizes[i + 1 :]))
         return self.dropout(self.merge(maps))
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self._merged(self._pyramid(features))
+
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """``[forward's output, p3, p4, p5]``, finest first; no extra compute."""
-        c2, c3, c4, c5 = features[-PYRAMID_LEVELS:]
-        p5 = self.p5(c5)
-        p4 = self.p4(p5, c4)
-        p3 = self.p3(p4, c3)
-        p2 = self.p2(p3, c2)
-        pyramid = (p5, p4, p3, p2)
-        sizes = [tuple(p.shape[2:]) for p in pyramid]
-        maps = [block(p, sizes[i + 1 :]) for i, (block, p) in enumerate(zip(self.seg_blocks, pyramid, strict=True))]
-        return [self.dropout(self.merge(maps)), p3, p4, p5]
+        pyramid = self._pyramid(features)
+        return [self._merged(pyramid), pyramid[2], pyramid[1], pyramid[0]]

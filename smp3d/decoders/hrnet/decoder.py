@@ -102,19 +102,19 @@ class HRNetDecoder(nn.Module):
         self.level_channels = (channels, *(encoder_channels[i] for i in self.levels[1:]))
         self.level_reductions = (reduction, *(tuple(reductions[i]) for i in self.levels[1:]))
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """``features``: the encoder's output list."""
-        size = tuple(features[self.first_level].shape[2:])
-        maps = []
+        size = list(features[self.first_level].shape[2:])
+        maps: list[torch.Tensor] = []
         for level in self.levels:
             x = features[level]
-            if tuple(x.shape[2:]) != size:
+            if list(x.shape[2:]) != size:
                 x = F.interpolate(x, size=size, mode=self.mode, align_corners=False)
             maps.append(x)
         x = self.fuse(torch.cat(maps, dim=1) if len(maps) > 1 else maps[0])
         return self.upsampling(x)
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """``[forward's output, coarser fused features ...]``, finest first; no extra compute."""
         levels = [self.forward(features)]
         for level in self.levels[1:]:

@@ -116,20 +116,20 @@ class LinknetDecoder(nn.Module):
         self.level_channels = tuple(channels[:0:-1])
         self.level_reductions = tuple(tuple(r) for r in reductions[:depth])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         depth = len(features) - 1
         x = features[-1]
-        for i, (block, fused) in enumerate(zip(self.blocks, self.fused, strict=True)):
-            x = block(x, features[depth - i - 1] if fused else None)
+        for i, block in enumerate(self.blocks):  # (TorchScript iterates a ModuleList, not a zip with it)
+            x = block(x, features[depth - i - 1] if self.fused[i] else None)
         return x
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every block's output, finest first (item 0 is ``forward``'s output); no extra compute."""
         depth = len(features) - 1
         x = features[-1]
         levels: list[torch.Tensor] = []
-        for i, (block, fused) in enumerate(zip(self.blocks, self.fused, strict=True)):
-            x = block(x, features[depth - i - 1] if fused else None)
+        for i, block in enumerate(self.blocks):
+            x = block(x, features[depth - i - 1] if self.fused[i] else None)
             levels.append(x)
         levels.reverse()
         return levels

@@ -40,7 +40,6 @@ class PositionAttention(nn.Module):
         self.out_conv = conv_nd(in_channels, in_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, *spatial = x.shape
         keys = self.top_conv(x).flatten(2)  # (B, P, N)
         queries = self.center_conv(x).flatten(2).transpose(1, 2)  # (B, N, P)
         values = self.bottom_conv(x).flatten(2).transpose(1, 2)  # (B, N, C)
@@ -49,7 +48,7 @@ class PositionAttention(nn.Module):
         attended = torch.bmm(weights, values)  # (B, N, C)
         # smp reads the (B, N, C) product directly as (B, C, *spatial), without a transpose; kept
         # for checkpoint parity (the 3x3 out_conv learns whatever mixing this implies).
-        return self.out_conv(x + attended.reshape(batch, channels, *spatial))
+        return self.out_conv(x + attended.reshape(x.shape))
 
 
 def squeeze_excitation(channels: int, hidden: int, spatial_dims: int) -> nn.Sequential:
@@ -92,9 +91,11 @@ class MultiScaleFusionAttention(nn.Module):
         )
         self.conv2 = ConvNormAct(out_channels, out_channels, 3, padding=1, use_norm=use_norm, spatial_dims=spatial_dims)
 
-    def forward(self, x: torch.Tensor, size: Sequence[int], skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: list[int], skip: torch.Tensor | None) -> torch.Tensor:
+        if skip is None:  # (Optional for TorchScript: the decoder calls every block alike)
+            raise ValueError("MultiScaleFusionAttention needs a skip connection, got None.")
         x = self.hl_conv(x)
-        if tuple(x.shape[2:]) != tuple(size):
+        if list(x.shape[2:]) != list(size):
             x = interpolate(x, size, self.interpolation_mode)
         attention = self.SE_hl(x) + self.SE_ll(skip)
         return self.conv2(self.conv1(torch.cat([x * attention, skip], dim=1)))
@@ -163,22 +164,22 @@ class MAnetDecoder(nn.Module):
         self.level_channels = tuple(decoder_channels[::-1])
         self.level_reductions = tuple(tuple(r) for r in reductions[:depth])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         depth = len(features) - 1
         x = self.center(features[-1])
-        for i, (block, fused) in enumerate(zip(self.blocks, self.fused, strict=True)):
+        for i, block in enumerate(self.blocks):  # (TorchScript iterates a ModuleList, not a zip with it)
             target = features[depth - i - 1]
-            x = block(x, target.shape[2:], target if fused else None)
+            x = block(x, target.shape[2:], target if self.fused[i] else None)
         return x
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every block's output, finest first (item 0 is ``forward``'s output); no extra compute."""
         depth = len(features) - 1
         x = self.center(features[-1])
         levels: list[torch.Tensor] = []
-        for i, (block, fused) in enumerate(zip(self.blocks, self.fused, strict=True)):
+        for i, block in enumerate(self.blocks):
             target = features[depth - i - 1]
-            x = block(x, target.shape[2:], target if fused else None)
+            x = block(x, target.shape[2:], target if self.fused[i] else None)
             levels.append(x)
         levels.reverse()
         return levels

@@ -109,7 +109,7 @@ class MedNeXtDecoder(nn.Module):
             blocks = mednext_stage(cout, counts[k], ratios[k], kernel_size, spatial_dims, residual)
             self.stages.append(MedNeXtDecoderStage(up, blocks, has_skip=int(encoder_channels[level]) > 0))
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every level's output, finest first; the last is the encoder's deepest feature."""
         x = features[-1]
         levels = [x]
@@ -120,7 +120,7 @@ class MedNeXtDecoder(nn.Module):
         levels.reverse()
         return levels
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
         depth = len(features) - 1
         for k, stage in enumerate(self.stages):

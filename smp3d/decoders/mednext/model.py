@@ -136,6 +136,8 @@ class MedNeXt(SegmentationModel):
         """Masks ``(B, classes, *spatial)``; with deep supervision in training mode a list of masks, finest first
         (shapes: the input's size divided by :attr:`deep_supervision_reductions`). With ``aux_params``, a pair
         ``(masks, labels)``."""
+        if torch.jit.is_scripting():  # a scripted model is for inference: no list output
+            return self._masks(x)
         if not _skip_checks():
             self.check_input(x)
         memory_format = self._input_memory_format(x)

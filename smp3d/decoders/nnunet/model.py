@@ -116,6 +116,8 @@ class NNUNet(SegmentationModel):
         return (ones, *self.decoder.level_reductions[1 : 1 + len(self.deep_supervision_heads)])
 
     def forward(self, x: torch.Tensor) -> Any:
+        if torch.jit.is_scripting():  # a scripted model is for inference: no list output
+            return self._masks(x)
         if not (self.deep_supervision and self.training):
             return super().forward(x)
         if not _skip_checks():

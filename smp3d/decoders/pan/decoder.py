@@ -31,11 +31,12 @@ __all__ = ["ConvBNAct", "FPABlock", "GAUBlock", "HalvingMaxPool", "PANDecoder"]
 
 _LINEAR = ("linear", "bilinear", "trilinear")
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+#: GAU blocks the TorchScript forward of :class:`PANDecoder` spells out (``gau1`` .. ``gau8``).
+MAX_SCRIPTED_GAUS = 8
 
 
-def _resize(x: torch.Tensor, size: Sequence[int], mode: str, align_corners: bool | None) -> torch.Tensor:
-    size = tuple(size)
-    if tuple(x.shape[2:]) == size:
+def _resize(x: torch.Tensor, size: list[int], mode: str, align_corners: bool | None) -> torch.Tensor:
+    if list(x.shape[2:]) == list(size):
         return x
     return F.interpolate(x, size=size, mode=mode, align_corners=align_corners)
 
@@ -59,6 +60,9 @@ class ConvBNAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv.in_channels == 1:  # FPA's single-channel pyramid: see _one_channel_conv
+            if torch.jit.is_scripting():  # (TorchScript takes no nn.Module argument: the same, inline)
+                weight = self.conv.weight.clone(memory_format=torch.contiguous_format)
+                return self.activation(self.bn(self.conv._conv_forward(x, weight, self.conv.bias)))
             return self.activation(self.bn(_one_channel_conv(self.conv, x)))
         return self.activation(self.bn(self.conv(x)))
 
@@ -92,6 +96,13 @@ class HalvingMaxPool(nn.Module):
         self.spatial_dims = spatial_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # (TorchScript reads no module-level dict of functions)
+            kernel_list = [2 if size >= 2 else 1 for size in x.shape[2:]]
+            if self.spatial_dims == 3:
+                return F.max_pool3d(x, kernel_list, kernel_list)
+            if self.spatial_dims == 2:
+                return F.max_pool2d(x, kernel_list, kernel_list)
+            return F.max_pool1d(x, kernel_list, kernel_list)
         kernel = tuple(2 if size >= 2 else 1 for size in x.shape[2:])
         return _MAX_POOL[self.spatial_dims](x, kernel, kernel)
 
@@ -196,16 +207,45 @@ class PANDecoder(nn.Module):
         for level in self.gau_levels:
             block = GAUBlock(encoder_channels[level], decoder_channels, interpolation, spatial_dims)
             self.add_module(f"gau{level - 1}", block)
+        if len(self.gau_levels) > MAX_SCRIPTED_GAUS:
+            self._is_torch_scriptable = False
+            self._torch_script_refusal = (
+                f"its scripted forward spells out at most {MAX_SCRIPTED_GAUS} GAU blocks (encoder_depth <= "
+                f"{MAX_SCRIPTED_GAUS + self.OUTPUT_LEVEL}), this one has {len(self.gau_levels)}"
+            )
         self.level_channels = (decoder_channels,) * (depth + 1 - self.OUTPUT_LEVEL)
         self.level_reductions = tuple(tuple(r) for r in reductions[self.OUTPUT_LEVEL :])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         out = self.fpa(features[-1])
+        if torch.jit.is_scripting():
+            return self._scripted_gaus(features, out)
         for level in self.gau_levels:
             out = getattr(self, f"gau{level - 1}")(features[level], out)
         return out
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _scripted_gaus(self, features: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        # The GAUs spelled out, deepest first (TorchScript resolves hasattr at compile time, and takes no
+        # getattr by a computed name); gau{k} reads level k + 1. MAX_SCRIPTED_GAUS bounds the depth.
+        if hasattr(self, "gau8"):
+            out = self.gau8(features[9], out)
+        if hasattr(self, "gau7"):
+            out = self.gau7(features[8], out)
+        if hasattr(self, "gau6"):
+            out = self.gau6(features[7], out)
+        if hasattr(self, "gau5"):
+            out = self.gau5(features[6], out)
+        if hasattr(self, "gau4"):
+            out = self.gau4(features[5], out)
+        if hasattr(self, "gau3"):
+            out = self.gau3(features[4], out)
+        if hasattr(self, "gau2"):
+            out = self.gau2(features[3], out)
+        if hasattr(self, "gau1"):
+            out = self.gau1(features[2], out)
+        return out
+
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """The output of every GAU and the FPA's map, finest first (item 0 is ``forward``'s output)."""
         out = self.fpa(features[-1])
         levels = [out]

@@ -59,7 +59,7 @@ class PSPBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.pool(x), size=tuple(x.shape[2:]), mode=self.mode, align_corners=True)
+        return F.interpolate(self.pool(x), size=x.shape[2:], mode=self.mode, align_corners=True)
 
 
 class PSPModule(nn.Module):
@@ -114,5 +114,5 @@ class PSPDecoder(nn.Module):
         )
         self.dropout = dropout_layer(spatial_dims)(p=dropout)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.dropout(self.conv(self.psp(features[-1])))

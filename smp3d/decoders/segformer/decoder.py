@@ -64,6 +64,7 @@ class SegformerDecoder(nn.Module):
         ):
             raise ValueError(f"segmentation_channels must be a positive int, got {segmentation_channels!r}.")
         self.mode = interpolation_mode("linear", spatial_dims)
+        self.target_level = TARGET_LEVEL  # (TorchScript reads attributes, not module globals)
         self.out_channels = segmentation_channels
         # Deepest first; 0-channel placeholder features carry nothing to project.
         self.levels = tuple(level for level in range(depth, 0, -1) if encoder_channels[level] > 0)
@@ -77,13 +78,13 @@ class SegformerDecoder(nn.Module):
             spatial_dims=spatial_dims,
         )
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """``features``: the encoder's output list; returns ``(B, segmentation_channels, *size of level 2)``."""
-        size = tuple(features[TARGET_LEVEL].shape[2:])
-        projected = []
-        for level, mlp in zip(self.levels, self.mlp_stage, strict=True):
-            x = mlp(features[level])
-            if tuple(x.shape[2:]) != size:
+        size = list(features[self.target_level].shape[2:])
+        projected: list[torch.Tensor] = []
+        for i, mlp in enumerate(self.mlp_stage):  # (TorchScript iterates a ModuleList, not a zip with it)
+            x = mlp(features[self.levels[i]])
+            if list(x.shape[2:]) != size:
                 x = F.interpolate(x, size=size, mode=self.mode, align_corners=False)
             projected.append(x)
         return self.fuse_stage(torch.cat(projected, dim=1))

@@ -52,8 +52,6 @@ class Unet(SegmentationModel):
     skip connection's size (except with ``decoder_interpolation="transposed"``).
     """
 
-    _is_torch_scriptable = True
-
     requires_divisible_input_shape = False
 
     def __init__(

@@ -26,8 +26,8 @@ class EmptyNode(nn.Module):
     """A grid node with 0 output channels (above a 0-channel placeholder feature): returns an
     empty ``(B, 0, *size)`` tensor and has no parameters, like smp's empty decoder block."""
 
-    def forward(self, x: torch.Tensor, size: Sequence[int], skip: torch.Tensor | None = None) -> torch.Tensor:
-        return x.new_zeros((x.shape[0], 0, *size))
+    def forward(self, x: torch.Tensor, size: list[int], skip: torch.Tensor | None = None) -> torch.Tensor:
+        return x.new_zeros([x.shape[0], 0] + list(size))
 
 
 class UnetPlusPlusDecoder(nn.Module):
@@ -125,11 +125,41 @@ class UnetPlusPlusDecoder(nn.Module):
                     nodes[row, column] = block(nodes[row, column - 1], skip.shape[2:], torch.cat([*dense, skip], 1))
         return nodes
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _node(self, key: str, x: torch.Tensor, size: list[int], skip: torch.Tensor | None) -> torch.Tensor:
+        """Run node ``key`` (TorchScript indexes a ModuleDict only by a literal: it finds the node by name)."""
+        out = x
+        for name, block in self.blocks.items():
+            if name == key:
+                out = block(x, size, skip)
+        return out
+
+    def _scripted_forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` for TorchScript: the same grid, nodes found by name (see :meth:`_node`)."""
+        depth = self.depth
+        deep = features[1:]
+        deep.reverse()
+        nodes: dict[str, torch.Tensor] = {}
+        for diagonal in range(depth - 1):
+            for row in range(depth - 1 - diagonal):
+                column = row + diagonal
+                skip = deep[column + 1]
+                if diagonal == 0:
+                    x, dense_skip = deep[row], skip
+                else:
+                    dense = [nodes[f"x_{i}_{column}"] for i in range(row + 1, column + 1)]
+                    dense.append(skip)
+                    x, dense_skip = nodes[f"x_{row}_{column - 1}"], torch.cat(dense, 1)
+                nodes[f"x_{row}_{column}"] = self._node(f"x_{row}_{column}", x, skip.shape[2:], dense_skip)
+        last = nodes[f"x_0_{depth - 2}"]
+        return self._node(f"x_0_{depth - 1}", last, features[0].shape[2:], None)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(features)
         nodes = self._grid(features)
         return self.blocks[f"x_0_{self.depth - 1}"](nodes[0, self.depth - 2], features[0].shape[2:])
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """The main-path nodes ``x_0_*``, finest first (item 0 is ``forward``'s output); no extra compute."""
         nodes = self._grid(features)
         depth = self.depth

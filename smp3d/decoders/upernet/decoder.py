@@ -38,10 +38,9 @@ POOL_SIZES = (1, 2, 3, 6)
 NORM_EPS = 1e-6
 
 
-def _resize(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
     """(Multi)linear resize without aligned corners; a no-op (exactly) when the size already matches."""
-    size = tuple(size)
-    if tuple(x.shape[2:]) == size:
+    if list(x.shape[2:]) == list(size):
         return x
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
@@ -92,7 +91,9 @@ class PSPModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
-        pyramid = [x] + [_resize(block(x), size, self.mode) for block in self.blocks]
+        pyramid = [x]
+        for block in self.blocks:
+            pyramid.append(_resize(block(x), size, self.mode))
         return self.out_conv(torch.cat(pyramid, dim=1))
 
 
@@ -147,6 +148,7 @@ class UPerNetDecoder(nn.Module):
             raise ValueError(f"decoder_channels must be a positive int, got {decoder_channels!r}.")
         self.mode = interpolation_mode("linear", spatial_dims)
         self.out_channels = decoder_channels
+        self.first_level = FIRST_LEVEL  # (TorchScript reads attributes, not module globals)
         used = list(encoder_channels[FIRST_LEVEL:])
         self.feature_norms = nn.ModuleList(ChannelLayerNorm(channels, eps=NORM_EPS) for channels in used)
         self.psp = PSPModule(used[-1], decoder_channels, POOL_SIZES, use_norm, spatial_dims)
@@ -169,29 +171,36 @@ class UPerNetDecoder(nn.Module):
         self.level_channels = (decoder_channels,) * len(used)
         self.level_reductions = tuple(tuple(r) for r in reductions[FIRST_LEVEL:])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``features``: the encoder's output list; returns ``(B, decoder_channels, *size of level 2)``."""
-        used = [norm(f) for norm, f in zip(self.feature_norms, features[FIRST_LEVEL:], strict=True)]
+    def _top_down(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The PSP map of the deepest used level, then the refined FPN maps, coarsest first."""
+        used: list[torch.Tensor] = []
+        for i, norm in enumerate(self.feature_norms):  # (TorchScript iterates ModuleLists, not zips with them)
+            used.append(norm(features[self.first_level + i]))
         state = self.psp(used[-1])
-        levels = [state]  # coarsest first
-        for block, conv_block, lateral in zip(self.fpn_lateral_blocks, self.fpn_conv_blocks, used[-2::-1], strict=True):
-            state = block(state, lateral)
-            levels.append(conv_block(state))
-        size = levels[-1].shape[2:]
-        # Finest first, as in smp's concatenation order.
-        stacked = torch.cat([_resize(level, size, self.mode) for level in reversed(levels)], dim=1)
-        return self.fusion_block(stacked)
+        levels = [state]
+        states: list[torch.Tensor] = []
+        for i, block in enumerate(self.fpn_lateral_blocks):  # from the second deepest used level down
+            state = block(state, used[len(used) - 2 - i])
+            states.append(state)
+        for i, conv_block in enumerate(self.fpn_conv_blocks):
+            levels.append(conv_block(states[i]))
+        return levels
 
-    def forward_levels(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``[forward's output, FPN maps of levels 3 .., PSP map]``, finest first; no extra compute."""
-        used = [norm(f) for norm, f in zip(self.feature_norms, features[FIRST_LEVEL:], strict=True)]
-        state = self.psp(used[-1])
-        levels = [state]  # coarsest first
-        for block, conv_block, lateral in zip(self.fpn_lateral_blocks, self.fpn_conv_blocks, used[-2::-1], strict=True):
-            state = block(state, lateral)
-            levels.append(conv_block(state))
+    def _fused(self, levels: list[torch.Tensor]) -> torch.Tensor:
         size = levels[-1].shape[2:]
-        stacked = torch.cat([_resize(level, size, self.mode) for level in reversed(levels)], dim=1)
-        finest_first = levels[::-1]
+        resized = [_resize(level, size, self.mode) for level in levels]
+        resized.reverse()  # finest first, as in smp's concatenation order
+        return self.fusion_block(torch.cat(resized, dim=1))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """``features``: the encoder's output list; returns ``(B, decoder_channels, *size of level 2)``."""
+        return self._fused(self._top_down(features))
+
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``[forward's output, FPN maps of levels 3 .., PSP map]``, finest first; no extra compute."""
+        levels = self._top_down(features)
+        out = [self._fused(levels)]
         # The finest FPN map has the output's size: the fused output stands for that level.
-        return [self.fusion_block(stacked), *finest_first[1:]]
+        for i in range(len(levels) - 2, -1, -1):
+            out.append(levels[i])
+        return out
