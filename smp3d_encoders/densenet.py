@@ -64,8 +64,13 @@ class DenseLayer(nn.Module):
         # One concatenation per layer: the only copy of the block's features this layer makes.
         return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.memory_efficient and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    def _concat_bottleneck(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        if torch.jit.is_scripting():  # no activation checkpointing in a script: the same values, kept in memory
+            out = self._concat_bottleneck(inputs)
+        elif self.memory_efficient and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
             # Recompute the concatenation and bottleneck in backward instead of storing them
             # (torchvision's memory_efficient; in training, norm1's running statistics are then
             # updated twice per step, as in torchvision).
@@ -151,6 +156,8 @@ class DenseNetEncoder(Encoder):
     ``drop_rate`` are torchvision's.
     """
 
+    _is_torch_scriptable = True
+
     def __init__(
         self,
         block_config: Sequence[int],
@@ -224,6 +231,8 @@ class DenseNetEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C_in, *spatial)`` -> ``depth + 1`` tensors ``(B, out_channels[i], *spatial / reductions[i])``."""
+        if torch.jit.is_scripting():
+            return self._scripted_forward(x)
         f = self.features
         features = [x]
         x = f.relu0(f.norm0(f.conv0(x)))
@@ -233,6 +242,27 @@ class DenseNetEncoder(Encoder):
             x = f.pool0(x) if block == 1 else f[f"transition{block - 1}"].downsample(x)
             x = f[f"denseblock{block}"](x)
             x = f[f"transition{block}"](x) if block < 4 else f.norm5(x)
+            features.append(x)
+        return features
+
+    def _scripted_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`forward` with the stages spelled out (TorchScript indexes a ModuleDict only by a literal and
+        resolves hasattr at compile time): only the built ones run."""
+        f = self.features
+        features = [x]
+        x = f["relu0"](f["norm0"](f["conv0"](x)))
+        features.append(x)
+        if hasattr(f, "denseblock1"):
+            x = f["transition1"](f["denseblock1"](f["pool0"](x)))
+            features.append(x)
+        if hasattr(f, "denseblock2"):
+            x = f["transition2"](f["denseblock2"](f["transition1"].downsample(x)))
+            features.append(x)
+        if hasattr(f, "denseblock3"):
+            x = f["transition3"](f["denseblock3"](f["transition2"].downsample(x)))
+            features.append(x)
+        if hasattr(f, "denseblock4"):
+            x = f["norm5"](f["denseblock4"](f["transition3"].downsample(x)))
             features.append(x)
         return features
 

@@ -124,6 +124,22 @@ def same_pad(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     return F.pad(x, pads) if any(pads) else x
 
 
+def same_pad_geometry(
+    x: torch.Tensor, kernel: list[int], stride: list[int], dilation: list[int], padding: list[int]
+) -> torch.Tensor:
+    """:func:`same_pad` with the conv's geometry given as lists (TorchScript takes no module argument)."""
+    pads: list[int] = []
+    size = x.shape[2:]
+    for axis in range(len(size) - 1, -1, -1):  # F.pad lists (left, right) pairs from the last axis backwards
+        n, k, s, d = size[axis], kernel[axis], stride[axis], dilation[axis]
+        total = 0 if padding[axis] else max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads += [total // 2, total - total // 2]
+    for p in pads:
+        if p:
+            return F.pad(x, pads)
+    return x
+
+
 def _same_conv(
     in_channels: int,
     out_channels: int,
@@ -180,10 +196,15 @@ class MBConvBlock(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = inputs
-        if self.has_expansion:
+        if hasattr(self, "_expand_conv"):  # has_expansion (TorchScript resolves hasattr at compile time)
             x = F.silu(self._bn0(self._expand_conv(x)))
-        x = F.silu(self._bn1(self._depthwise_conv(same_pad(x, self._depthwise_conv))))
-        scale = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)  # global average pool, any spatial_dims
+        if torch.jit.is_scripting():
+            dw = self._depthwise_conv
+            x = same_pad_geometry(x, list(dw.kernel_size), list(dw.stride), list(dw.dilation), list(dw.padding))
+        else:
+            x = same_pad(x, self._depthwise_conv)
+        x = F.silu(self._bn1(self._depthwise_conv(x)))
+        scale = x.mean(dim=list(range(2, x.dim())), keepdim=True)  # global average pool, any spatial_dims
         scale = self._se_expand(F.silu(self._se_reduce(scale)))
         x = x * torch.sigmoid(scale)
         x = self._bn2(self._project_conv(x))
@@ -200,6 +221,8 @@ class EfficientNetEncoder(Encoder):
     ``out_indexes``); only the blocks that ``depth`` uses are built. ``drop_connect_rate`` is the
     stochastic-depth rate of the last block of the full model, growing linearly from 0 at block 0.
     """
+
+    _is_torch_scriptable = True
 
     def __init__(
         self,
@@ -227,6 +250,7 @@ class EfficientNetEncoder(Encoder):
         self._conv_stem = _same_conv(in_channels, stem, 3, stage_strides[0], spatial_dims=spatial_dims)
         self._bn0 = batch_norm(spatial_dims)(stem, **_BN)
         self._feature_blocks = tuple(feature_blocks[: depth - 1])
+        self._feature_block_list = list(self._feature_blocks)  # (TorchScript tests membership in a list)
         self._blocks = nn.ModuleList()
         first = 0
         for stage, last in enumerate(self._feature_blocks, start=2):
@@ -260,11 +284,16 @@ class EfficientNetEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [x]
-        x = F.silu(self._bn0(self._conv_stem(same_pad(x, self._conv_stem))))
+        if torch.jit.is_scripting():
+            c = self._conv_stem
+            x = same_pad_geometry(x, list(c.kernel_size), list(c.stride), list(c.dilation), list(c.padding))
+        else:
+            x = same_pad(x, self._conv_stem)
+        x = F.silu(self._bn0(self._conv_stem(x)))
         features.append(x)
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in self._feature_blocks:
+            if i in self._feature_block_list:
                 features.append(x)
         return features
 

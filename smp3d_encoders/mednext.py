@@ -99,6 +99,8 @@ class MedNeXtEncoder(Encoder):
             first (MedNeXt's four decoder stages); exposed as ``decoder_defaults``, not used here.
     """
 
+    _is_torch_scriptable = True
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -162,8 +164,8 @@ class MedNeXtEncoder(Encoder):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [x]
         x = self.stem(x)
-        for i, stage in enumerate(self.stages):
-            if i > 0:
+        for stage in self.stages:
+            if hasattr(stage, "down"):  # every stage but the first (TorchScript resolves hasattr at compile time)
                 x = stage.down(x)
             x = stage.blocks(x)
             features.append(x)

@@ -45,7 +45,7 @@ class SqueezeExcite(nn.Module):
         self.expand = conv(spatial_dims)(squeezed, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+        scale = x.mean(dim=list(range(2, x.dim())), keepdim=True)
         return x * torch.sigmoid(self.expand(F.relu(self.reduce(scale))))
 
 
@@ -118,14 +118,20 @@ class MobileOneBlock(nn.Module):
         return branch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inference_mode:
+        if not hasattr(self, "rbr_conv"):  # fused (inference_mode; TorchScript resolves hasattr at compile time)
             return self.activation(self.se(self.reparam_conv(x)))
         # Summed in smp's order (scale, identity, then the k x k branches) so that 2D outputs match it bit for bit.
-        out = self.rbr_scale(x) if self.rbr_scale is not None else None
+        out: torch.Tensor | None = None
+        if self.rbr_scale is not None:
+            out = self.rbr_scale(x)
         if self.rbr_skip is not None:
-            out = self.rbr_skip(x) if out is None else out + self.rbr_skip(x)
+            skip = self.rbr_skip(x)
+            out = skip if out is None else out + skip
         for branch in self.rbr_conv:
-            out = branch(x) if out is None else out + branch(x)
+            y = branch(x)
+            out = y if out is None else out + y
+        if out is None:
+            raise RuntimeError("MobileOneBlock has no branch: build it with num_conv_branches >= 1.")
         return self.activation(self.se(out))
 
     def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +186,8 @@ class MobileOneEncoder(Encoder):
     the last half of ``stage3``'s block pairs and all of ``stage4``'s. Only the stages ``depth`` uses
     are built.
     """
+
+    _is_torch_scriptable = True
 
     def __init__(
         self,
@@ -251,9 +259,22 @@ class MobileOneEncoder(Encoder):
         return [getattr(self, f"stage{stage - 1}")]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # Stages spelled out (TorchScript resolves hasattr at compile time): only the built ones run.
         features = [x]
-        for stage in range(self.depth):
-            x = getattr(self, f"stage{stage}")(x)
+        if hasattr(self, "stage0"):
+            x = self.stage0(x)
+            features.append(x)
+        if hasattr(self, "stage1"):
+            x = self.stage1(x)
+            features.append(x)
+        if hasattr(self, "stage2"):
+            x = self.stage2(x)
+            features.append(x)
+        if hasattr(self, "stage3"):
+            x = self.stage3(x)
+            features.append(x)
+        if hasattr(self, "stage4"):
+            x = self.stage4(x)
             features.append(x)
         return features
 
