@@ -128,24 +128,26 @@ class HighResolutionModule(nn.Module):
         self.fuse_layers = nn.ModuleList(fuse_layers)
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = [branch(t) for branch, t in zip(self.branches, x, strict=True)]
-        out = []
+        # (TorchScript iterates ModuleLists, not zips with them)
+        x = [branch(x[i]) for i, branch in enumerate(self.branches)]
+        out: list[torch.Tensor] = []
         for i, row in enumerate(self.fuse_layers):
             y = x[i]
             size = y.shape[2:]
             for j, layer in enumerate(row):
-                if j == i:
-                    continue
-                z = layer(x[j])
-                if j > i:
-                    z = F.interpolate(z, size=size, mode="nearest")
-                y = y + z
+                if j != i:
+                    z = layer(x[j])
+                    if j > i:
+                        z = F.interpolate(z, size=size, mode="nearest")
+                    y = y + z
             out.append(F.relu(y, inplace=True))  # y is a fresh sum here, never an input
         return out
 
 
 class HRNetEncoder(Encoder):
     """HRNet feature pyramid: the input, the stem (reduction 2) and the four final branches."""
+
+    _is_torch_scriptable = True
 
     def __init__(
         self,
@@ -234,13 +236,30 @@ class HRNetEncoder(Encoder):
         features.append(x)
         x = self.act2(self.bn2(self.conv2(x)))
         branches = [self.layer1(x)]
-        for index in range(1, 4):
-            transition = getattr(self, f"transition{index}")
-            branches = [layer(branches[i] if i < len(branches) else branches[-1]) for i, layer in enumerate(transition)]
-            for module in getattr(self, f"stage{index + 1}"):
-                branches = module(branches)
-        if self.feature_location == "incre":
-            branches = [incre(b) for incre, b in zip(self.incre_modules, branches, strict=True)]
+        # Stages spelled out (TorchScript takes no getattr by a computed name, nor a module argument).
+        new: list[torch.Tensor] = []
+        for i, layer in enumerate(self.transition1):
+            new.append(layer(branches[i] if i < len(branches) else branches[-1]))
+        branches = new
+        for module in self.stage2:
+            branches = module(branches)
+        new = []
+        for i, layer in enumerate(self.transition2):
+            new.append(layer(branches[i] if i < len(branches) else branches[-1]))
+        branches = new
+        for module in self.stage3:
+            branches = module(branches)
+        new = []
+        for i, layer in enumerate(self.transition3):
+            new.append(layer(branches[i] if i < len(branches) else branches[-1]))
+        branches = new
+        for module in self.stage4:
+            branches = module(branches)
+        if hasattr(self, "incre_modules"):  # feature_location == "incre"
+            new = []
+            for i, incre in enumerate(self.incre_modules):
+                new.append(incre(branches[i]))
+            branches = new
         return features + branches
 
     def source_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
