@@ -63,8 +63,21 @@ FAMILY_PATHS = {3: ("onnx_torchscript", "jit_script"), 2: ("jit_script",)}
 
 #: Architectures and encoder classes that TorchScript compiles (their ``_is_torch_scriptable``);
 #: every other one is expected to refuse ``torch.jit.script`` with the reason it gives.
-SCRIPTABLE_ARCHITECTURES: frozenset[str] = frozenset({"Unet"})
-SCRIPTABLE_ENCODERS: frozenset[str] = frozenset({"PlainEncoder", "ResNetEncoder", "SENetEncoder", "VGGEncoder"})
+SCRIPTABLE_ARCHITECTURES: frozenset[str] = frozenset(am.architectures())
+SCRIPTABLE_ENCODERS: frozenset[str] = frozenset(
+    {
+        "DenseNetEncoder",
+        "EfficientNetEncoder",
+        "HRNetEncoder",
+        "MedNeXtEncoder",
+        "MobileOneEncoder",
+        "PlainEncoder",
+        "ResidualEncoder",
+        "ResNetEncoder",
+        "SENetEncoder",
+        "VGGEncoder",
+    }
+)
 
 
 #: Paths torch's exporters do not support for an architecture: (architecture, spatial_dims, path) ->

@@ -217,6 +217,11 @@ class DPNEncoder(Encoder):
     as in the original model (the default rules are the same for every ``spatial_dims``).
     """
 
+    _torch_script_refusal = (
+        "its dual-path blocks take either a tensor or a (residual, dense) pair and choose their projection by "
+        "name at run time, which TorchScript cannot type (smp 0.6 does not script DPN either)"
+    )
+
     def __init__(
         self,
         config: DPNConfig,

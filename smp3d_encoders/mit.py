@@ -213,6 +213,11 @@ class MixVisionTransformerEncoder(Encoder):
     projections and ``attn_drop_rate`` the dropout of attention weights (both 0 in smp).
     """
 
+    _torch_script_refusal = (
+        "its transformer blocks pass each stage's spatial shape as a tuple whose length depends on spatial_dims, "
+        "which its forward does not yet type for TorchScript"
+    )
+
     def __init__(
         self,
         embed_dims: Sequence[int],

@@ -108,6 +108,8 @@ class ResidualEncoder(Encoder):
         conv_bias: biases on the stem's and blocks' convolutions (nnU-Net's plans: True).
     """
 
+    _is_torch_scriptable = True
+
     def __init__(
         self,
         in_channels: int = 3,

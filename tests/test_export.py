@@ -83,6 +83,23 @@ def test_scripting_refusal_names_the_path_the_part_and_the_reason():
     from smp3d.base.scripting import TorchScriptError
 
     with torch.device("meta"):
-        model = smp3d.FPN("resnet18", spatial_dims=2)
-    with pytest.raises(TorchScriptError, match=r"torch.jit.script cannot compile this FPN: FPN: .*torch.jit.trace"):
+        model = smp3d.FPN("dpn68", spatial_dims=2)
+    with pytest.raises(
+        TorchScriptError, match=r"torch.jit.script cannot compile this FPN: DPNEncoder: .*TorchScript.*torch.jit.trace"
+    ):
         torch.jit.script(model)
+
+
+def test_scripted_batch_norm_of_a_pooled_branch_trains_like_eager():
+    """SingleCellBatchNorm's scripted forward spells out batch norm: training mode (batch statistics, running
+    statistics updated) and the single-cell case equal eager."""
+    from smp3d.layers import SingleCellBatchNorm
+
+    torch.manual_seed(0)
+    for x in (torch.randn(3, 4, 2, 2, 2), torch.randn(1, 4, 1, 1, 1)):
+        eager, scripted = SingleCellBatchNorm(4).train(), torch.jit.script(SingleCellBatchNorm(4).train())
+        for _ in range(2):
+            torch.testing.assert_close(scripted(x), eager(x))
+        torch.testing.assert_close(scripted.running_mean, eager.running_mean)
+        torch.testing.assert_close(scripted.running_var, eager.running_var)
+        assert int(scripted.num_batches_tracked) == int(eager.num_batches_tracked)
