@@ -9,6 +9,7 @@ from .base import SegmentationModel
 from .decoders import (
     FPN,
     PAN,
+    UNETR,
     DeepLabV3,
     DeepLabV3Plus,
     HRNet,
@@ -18,6 +19,7 @@ from .decoders import (
     NNUNet,
     PSPNet,
     Segformer,
+    SwinUNETR,
     Unet,
     UnetPlusPlus,
     UPerNet,
@@ -41,6 +43,8 @@ _CLASSES: tuple[type[SegmentationModel], ...] = (
     HRNet,
     NNUNet,
     MedNeXt,
+    SwinUNETR,
+    UNETR,
 )
 
 #: Lower-case name -> class: smp's names (the class names, lower-cased) and common spellings.

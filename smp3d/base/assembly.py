@@ -84,10 +84,15 @@ def build_encoder(
     spatial_dims: int,
     strides: StridesArg,
     output_stride: int | Sequence[int] | None = None,
+    single_scale_ok: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """The encoder of an ``arch`` model; with ``output_stride`` its deepest strides become dilation
     (per axis, only where its reduction exceeds the target; see :mod:`smp3d.encoders.dilation`).
+
+    A single-scale encoder (attribute ``single_scale = True``: a plain ViT, every feature at the patch
+    size's reduction) is refused unless ``single_scale_ok``: only architectures that build the pyramid
+    themselves (UNETR) take one.
 
     ``deep_supervision`` reaches here only from architectures that do not take it (their decoder has
     a single resolution level): ``False`` is accepted, ``True`` refused with the reason."""
@@ -101,6 +106,12 @@ def build_encoder(
         strides=strides,
         **kwargs,
     )
+    if getattr(encoder, "single_scale", False) and not single_scale_ok:
+        raise ValueError(
+            f"{arch} needs a feature pyramid (features at several resolutions), but the encoder {encoder_name!r} is "
+            f"single-scale: every feature has the reduction {tuple(encoder.reductions[-1])}. Use an architecture "
+            f"that builds the pyramid from one resolution (e.g. smp3d.UNETR) or a hierarchical encoder."
+        )
     dilate_encoder(encoder, output_stride, owner=f"{arch}({encoder_name!r})")
     return encoder
 

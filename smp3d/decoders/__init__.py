@@ -10,8 +10,10 @@ from .nnunet import NNUNet
 from .pan import PAN
 from .pspnet import PSPNet
 from .segformer import Segformer
+from .swinunetr import SwinUNETR
 from .unet import Unet
 from .unetplusplus import UnetPlusPlus
+from .unetr import UNETR
 from .upernet import UPerNet
 
 __all__ = [
@@ -29,4 +31,6 @@ __all__ = [
     "UPerNet",
     "Unet",
     "UnetPlusPlus",
+    "SwinUNETR",
+    "UNETR",
 ]
