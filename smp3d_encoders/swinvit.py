@@ -491,7 +491,8 @@ class SwinViTEncoder(Encoder):
         self.normalize_features = normalize_features
         self.patch_embed = PatchEmbed(in_channels, feature_size, stage_strides[0], patch_norm, spatial_dims)
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(blocks)).tolist()
+        total = sum(blocks)  # stochastic depth rising linearly over all blocks (plain Python: meta builds)
+        rates = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
         self.stages = nn.ModuleList()
         for i in range(depth - 1):
             first = sum(blocks[:i])
@@ -556,6 +557,8 @@ def _spec(size: str, use_v2: bool) -> EncoderSpec:
         out_channels=(3, *(feature_size * 2**i for i in range(MAX_DEPTH))),
         family="swinvit",
         license="Apache-2.0",
+        # position-bias tables (prod(2w - 1) rows) and patch mergings (2**dims neighbours) depend on the dims
+        extra={"spatial_shaped_keys": ("relative_position_bias_table", "relative_position_index", "downsample.")},
         description=(
             f"{name}: the Swin transformer of Swin UNETR{' v2' if use_v2 else ''} (MONAI layout), feature_size "
             f"{feature_size}, blocks (2, 2, 2, 2), heads (3, 6, 12, 24), window 7; MONAI checkpoints load through "

@@ -38,7 +38,7 @@ from smp3d.layers import as_tuple, check_spatial_dims, conv
 
 __all__ = ["ENCODERS", "SelfAttention", "TransformerBlock", "UNETRViTEncoder"]
 
-MAX_DEPTH = 4
+MAX_DEPTH = 5
 
 
 class SelfAttention(nn.Module):
@@ -121,7 +121,7 @@ class UNETRViTEncoder(Encoder):
     ):
         spatial_dims = check_spatial_dims(spatial_dims)
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
-            raise ValueError(f"{name} supports encoder_depth 1..{MAX_DEPTH} (UNETR's is 4), got {depth!r}.")
+            raise ValueError(f"{name} supports encoder_depth 1..{MAX_DEPTH} (UNETR uses 4), got {depth!r}.")
         for what, value in (("hidden_size", hidden_size), ("mlp_dim", mlp_dim), ("num_heads", num_heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: {what} must be a positive int, got {value!r}.")
@@ -131,7 +131,7 @@ class UNETRViTEncoder(Encoder):
             raise ValueError(f"{name}: num_layers must be an int >= encoder_depth ({depth}), got {num_layers!r}.")
         if not 0.0 <= dropout_rate <= 1.0:
             raise ValueError(f"{name}: dropout_rate must be in [0, 1], got {dropout_rate!r}.")
-        stage_strides = resolve_strides(strides, depth, spatial_dims, default=(16, 1, 1, 1), name=name)
+        stage_strides = resolve_strides(strides, depth, spatial_dims, default=(16, 1, 1, 1, 1), name=name)
         for i, stride in enumerate(stage_strides[1:], start=2):
             if any(s != 1 for s in stride):
                 raise ValueError(
@@ -205,10 +205,14 @@ def _spec(size: str) -> EncoderSpec:
     return EncoderSpec(
         build=partial(UNETRViTEncoder, hidden_size=hidden, mlp_dim=mlp, num_heads=heads, name=name),
         out_channels=(3, *(hidden,) * MAX_DEPTH),
-        strides=(16, 1, 1, 1),
+        strides=(16, 1, 1, 1, 1),
         max_depth=MAX_DEPTH,
         family="unetr_vit",
         license="Apache-2.0",
+        extra={
+            "single_scale": True,
+            "spatial_shaped_keys": ("position_embeddings",),  # one row per token of the img_size grid
+        },
         description=(
             f"{name}: UNETR's ViT (MONAI layout), patch 16, hidden {hidden}, MLP {mlp}, {heads} heads, 12 blocks; "
             "single-scale (for smp3d.UNETR); MONAI checkpoints load through smp3d.UNETR.from_monai"
