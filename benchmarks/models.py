@@ -15,11 +15,18 @@ a table with the ratio ``theirs / ours`` (above 1: smp3d is faster).
     python benchmarks/models.py                                # CUDA: 2x1x128^3, bf16, channels_last_3d
     python benchmarks/models.py --compile --markdown --out gpu.json
     python benchmarks/models.py --device cpu --nnunet --markdown   # nnU-Net's networks vs smp3d.from_nnunet
+    python benchmarks/models.py --device cpu --monai --markdown    # MONAI's SwinUNETR/UNETR vs smp3d.from_monai
 
 ``--nnunet`` compares nnU-Net's own networks (``dynamic_network_architectures`` ``ResidualEncoderUNet`` and
 ``PlainConvUNet`` at the usual 3d_fullres topology: 6 stages, widths 32..320, kernel 3, strides 1, 2, 2, 2, 2,
 2; ResEnc blocks 1, 3, 4, 6, 6, 6 with one conv per decoder block, plain with two) with the smp3d model
 ``smp3d.from_nnunet`` builds from them, carrying their weights. Deep supervision is off on both sides.
+
+``--monai`` compares MONAI's ``SwinUNETR`` (feature_size 24 and 48) and ``UNETR`` (ViT-B/16, feature_size 16,
+``img_size`` = the input size) with the smp3d models ``SwinUNETR.from_monai`` / ``UNETR.from_monai`` build from
+them, carrying their weights (equal outputs, equal FLOPs). On CPU the peak memory is the peak resident set
+size during one step (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs`` before the
+step) minus the resident size before it: ``peak_rss_mib``.
 
 segmentation_models_pytorch_3d pins an old timm: install it next to ours with
 ``pip install --no-deps segmentation-models-pytorch-3d==1.0.2 timm-3d==1.0.1 pretrainedmodels==0.7.4
@@ -66,6 +73,61 @@ def nnunet_network(name: str, in_channels: int = 1, classes: int = 2) -> nn.Modu
     if name == "ResidualEncoderUNet":
         return ResidualEncoderUNet(n_blocks_per_stage=(1, 3, 4, 6, 6, 6), n_conv_per_stage_decoder=1, **common)
     return PlainConvUNet(n_conv_per_stage=2, n_conv_per_stage_decoder=2, **common)
+
+
+MONAI_MODELS = ("SwinUNETR(feature_size=24)", "SwinUNETR(feature_size=48)", "UNETR(ViT-B/16)")
+
+
+def monai_network(name: str, spatial: tuple[int, ...], in_channels: int = 1, classes: int = 2) -> nn.Module:
+    """MONAI's network ``name`` (one of :data:`MONAI_MODELS`) for inputs of size ``spatial``."""
+    from monai.networks.nets import UNETR, SwinUNETR
+
+    if name.startswith("SwinUNETR"):
+        feature_size = int(name.split("=")[1].rstrip(")"))
+        return SwinUNETR(
+            in_channels=in_channels, out_channels=classes, feature_size=feature_size, spatial_dims=len(spatial)
+        )
+    return UNETR(in_channels=in_channels, out_channels=classes, img_size=spatial, spatial_dims=len(spatial))
+
+
+def monai_builders(name: str, spatial: tuple[int, ...]) -> dict[str, Callable[[], nn.Module]]:
+    """smp3d's model (built by ``from_monai`` from MONAI's, same weights) and MONAI's network."""
+    import smp3d
+
+    try:
+        import monai  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - an optional comparison library
+        print(f"# monai unavailable: {type(exc).__name__}: {exc}")
+        return {}
+    smp3d_class = smp3d.SwinUNETR if name.startswith("SwinUNETR") else smp3d.UNETR
+    return {
+        "smp3d": lambda: smp3d_class.from_monai(monai_network(name, spatial)),
+        "monai": lambda: monai_network(name, spatial),
+    }
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_peak_mib(fn: Callable[[], None]) -> float | None:
+    """Peak resident memory of one call of ``fn`` beyond the resident memory before it, in MiB (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+    except OSError:
+        return None
+    before = _rss_kib("VmRSS")
+    fn()
+    peak = _rss_kib("VmHWM")
+    return None if before is None or peak is None else round((peak - before) / 1024, 1)
 
 
 def nnunet_builders(name: str) -> dict[str, Callable[[], nn.Module]]:
@@ -179,6 +241,9 @@ def prepare_case(
         fn()
         torch.cuda.synchronize(device)
         record["peak_gib"] = round((torch.cuda.max_memory_allocated(device) - before) / 2**30, 2)
+    elif device.type == "cpu":
+        gc.collect()
+        record["peak_rss_mib"] = cpu_peak_mib(fn)
     return Case(library, record, model, fn)
 
 
@@ -256,9 +321,9 @@ def markdown(rows: list[dict]) -> str:
         keyed.setdefault(key, {})[r["library"]] = r
     head = (
         "| model | mode | dtype | channels_last | compiled | smp3d ms | peer ms | peer / smp3d "
-        "| GFLOP executed (smp3d, peer) | smp3d GFLOP without fusion |"
+        "| GFLOP executed (smp3d, peer) | smp3d GFLOP without fusion | peak memory (smp3d, peer) |"
     )
-    lines = [head, "|---|---|---|---|---|---:|---:|---:|---|---:|"]
+    lines = [head, "|---|---|---|---|---|---:|---:|---:|---|---:|---|"]
     for (model, mode, dtype, cl, compiled), libs in keyed.items():
         ours = libs.get("smp3d")
         theirs = next((row for library, row in libs.items() if library != "smp3d"), None)
@@ -266,9 +331,18 @@ def markdown(rows: list[dict]) -> str:
         flops = ", ".join(str(lib["gflop"]) for lib in (ours, theirs) if lib)
         lines.append(
             f"| {model} | {mode} | {dtype} | {cl} | {compiled} | {ours['ms'] if ours else '-'} | "
-            f"{theirs['ms'] if theirs else '-'} | {ratio} | {flops} | {ours.get('gflop_plain', '-') if ours else '-'} |"
+            f"{theirs['ms'] if theirs else '-'} | {ratio} | {flops} | {ours.get('gflop_plain', '-') if ours else '-'} "
+            f"| {_memory(ours)}, {_memory(theirs)} |"
         )
     return "\n".join(lines)
+
+
+def _memory(row: dict | None) -> str:
+    if not row:
+        return "-"
+    if row.get("peak_gib") is not None:
+        return f"{row['peak_gib']} GiB"
+    return f"{row['peak_rss_mib']} MiB RSS" if row.get("peak_rss_mib") is not None else "-"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -309,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--nnunet", action="store_true", help="nnU-Net's networks vs smp3d instead of the Unets")
+    parser.add_argument("--monai", action="store_true", help="MONAI's SwinUNETR/UNETR vs smp3d instead of the Unets")
+    parser.add_argument("--models", nargs="+", default=None, help=f"with --monai: a subset of {MONAI_MODELS}")
     args = parser.parse_args(argv)
     device, shape = device_and_shape(args)
     gpu = device.type == "cuda"
@@ -318,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(torch.bfloat16, True), (torch.bfloat16, False), (None, False)] if gpu else [(None, False)]
     rows: list[dict] = []
     models = [(f"{n}(nnU-Net 3d_fullres)", nnunet_builders(n)) for n in NNUNET_NETWORKS] if args.nnunet else []
+    if args.monai:
+        models = [(n, monai_builders(n, shape[2:])) for n in args.models or MONAI_MODELS]
     models = models or [(f"Unet({encoder})", builders(encoder)) for encoder in args.encoders]
     for model_name, libraries in models:
         for dtype, channels_last in configs:

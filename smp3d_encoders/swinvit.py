@@ -228,22 +228,24 @@ class WindowAttention(nn.Module):
         batch, n, channels = x.shape
         qkv = self.qkv(x).view(batch, n, 3, self.heads, channels // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B * windows, heads, n, head_dim)
-        bias = self.position_bias(n).to(q.dtype)
-        dropout = self.attn_drop if self.training else 0.0
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
-        else:
+        bias = self.position_bias(n).to(q.dtype).unsqueeze(0)  # (1, heads, n, n)
+        if mask is not None:
+            # (windows, heads, n, n), repeated over the batch; CPU's fused attention kernel takes only 4-D
+            # inputs and masks (a 3-D mask or 5-D inputs fall back to the unfused math path, 3-4x slower)
             windows = mask.shape[0]
-            bias = bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)  # (windows, heads, n, n)
-            shape = (batch // windows, windows, self.heads, n, -1)
-            out = F.scaled_dot_product_attention(
-                q.reshape(shape),
-                k.reshape(shape),
-                v.reshape(shape),
-                attn_mask=bias,
-                dropout_p=dropout,
-                scale=self.scale,
-            ).flatten(0, 1)
+            bias = bias + mask.to(q.dtype).unsqueeze(1)
+            if batch != windows:
+                bias = bias.unsqueeze(0).expand(batch // windows, -1, -1, -1, -1).reshape(batch, self.heads, n, n)
+        dropout = self.attn_drop if self.training else 0.0
+        if bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu":
+            # a mask that needs a gradient sends CPU's SDPA to its math path, whose -inf-safe softmax costs
+            # three more passes over the scores: the plain computation is the same math without them
+            scores = torch.baddbmm(bias.expand(batch, -1, -1, -1).flatten(0, 1), (q * self.scale).flatten(0, 1),
+                                   k.flatten(0, 1).transpose(1, 2))  # fmt: skip
+            weights = F.dropout(scores.softmax(-1), dropout, self.training)
+            out = torch.bmm(weights, v.flatten(0, 1)).view(batch, self.heads, n, -1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, n, channels)
         return self.proj_drop(self.proj(out))
 

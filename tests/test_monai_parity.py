@@ -121,3 +121,16 @@ def test_from_monai_refuses_what_does_not_fit():
         smp3d.UNETR.from_monai("model.pt")
     with pytest.raises(TypeError, match="checkpoint\\['state_dict'\\]"):
         smp3d.UNETR.from_monai({"state_dict": {}, "epoch": 3})
+
+
+def test_swinunetr_training_gradients_equal_monai():
+    monai_model = _randomize(MonaiSwinUNETR(in_channels=1, out_channels=2, feature_size=12, spatial_dims=2)).train()
+    ours = smp3d.SwinUNETR.from_monai(monai_model).train()
+    x = torch.randn(2, 1, 64, 64)
+    monai_model(x).square().mean().backward()
+    ours(x).square().mean().backward()
+    expected = monai_model.swinViT.layers1[0].blocks[1].attn.relative_position_bias_table.grad  # a shifted block
+    torch.testing.assert_close(ours.encoder.stages[0].blocks[1].attn.relative_position_bias_table.grad, expected)
+    torch.testing.assert_close(
+        ours.decoder.blocks[0].transp_conv.weight.grad, monai_model.decoder5.transp_conv.conv.weight.grad
+    )

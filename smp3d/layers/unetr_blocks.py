@@ -82,7 +82,8 @@ class ResidualConvBlock(nn.Module):
         out = self.norm2(self.conv2(out))
         if hasattr(self, "conv3"):
             residual = self.norm3(self.conv3(residual))
-        return self.lrelu(out + residual)
+        out += residual  # in place: `out` is the norm's fresh output, which its backward does not read
+        return self.lrelu(out)
 
 
 class BasicConvBlock(nn.Module):
@@ -134,16 +135,18 @@ def _patch_conv_transpose_forward(x: torch.Tensor, weight: torch.Tensor, scale: 
     batch, in_channels, *sizes = x.shape
     out_channels = weight.shape[1]
     nd = len(sizes)
-    # (B, C_in, *S) -> (B, *S, C_in): a view when x is channels-last, one copy otherwise
+    # (B, C_in, *S) -> (B * S, C_in): a view when x is channels-last, one copy otherwise
     tokens = x.movedim(1, -1).reshape(-1, in_channels)
-    y = tokens @ weight.reshape(in_channels, -1)  # (B*S, C_out * prod(scale)), weight rows are (C_out, *kernel)
-    y = y.view(batch, *sizes, out_channels, *scale)
-    # (B, S1..Sn, C, k1..kn) -> (B, C, S1, k1, ..., Sn, kn)
-    order = [0, nd + 1]
+    # weight (C_in, C_out, *k) -> (C_in, *k, C_out): each token writes its block with channels last
+    y = tokens @ weight.movedim(1, -1).reshape(in_channels, -1)
+    y = y.view(batch, *sizes, *scale, out_channels)
+    # (B, S1..Sn, k1..kn, C) -> (B, S1, k1, ..., Sn, kn, C) -> (B, S1*k1, ..., C), returned as a channels-last view
+    order = [0]
     for axis in range(nd):
-        order += [1 + axis, nd + 2 + axis]
-    y = y.permute(order)
-    return y.reshape(batch, out_channels, *(s * k for s, k in zip(sizes, scale, strict=True)))
+        order += [1 + axis, 1 + nd + axis]
+    order.append(2 * nd + 1)
+    y = y.permute(order).reshape(batch, *(s * k for s, k in zip(sizes, scale, strict=True)), out_channels)
+    return y.movedim(-1, 1)
 
 
 class PatchConvTranspose(nn.Module):
