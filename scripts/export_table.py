@@ -63,7 +63,9 @@ FAMILY_PATHS = {3: ("onnx_torchscript", "jit_script"), 2: ("jit_script",)}
 
 #: Architectures and encoder classes that TorchScript compiles (their ``_is_torch_scriptable``);
 #: every other one is expected to refuse ``torch.jit.script`` with the reason it gives.
-SCRIPTABLE_ARCHITECTURES: frozenset[str] = frozenset(am.architectures())
+SCRIPTABLE_ARCHITECTURES: frozenset[str] = frozenset(
+    arch for arch, cls in am.architectures().items() if getattr(cls, "_is_torch_scriptable", True)
+)
 SCRIPTABLE_ENCODERS: frozenset[str] = frozenset(
     {
         "DenseNetEncoder",
