@@ -82,6 +82,8 @@ def test_swinvit_with_unet_and_v2_and_depths():
 def test_errors_say_what_was_expected():
     with pytest.raises(ValueError, match="single-scale"):
         smp3d.SwinUNETR(encoder_name="unetr_vit_t16", encoder_depth=4)
+    with pytest.raises(ValueError, match=r"no feature at level\(s\) \[1\]"):
+        smp3d.SwinUNETR("mit_b0", spatial_dims=2)  # MiT's pyramid starts at 1/4
     with pytest.raises(ValueError, match="not divisible by its 3 heads"):
         SwinViTEncoder(feature_size=13)
     with pytest.raises(ValueError, match="each later stride must be 1 or 2"):

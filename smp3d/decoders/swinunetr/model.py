@@ -106,6 +106,13 @@ class SwinUNETR(SegmentationModel):
         if decoder_feature_size is None:
             decoder_feature_size = getattr(self.encoder, "feature_size", 24)
         check_channels(decoder_feature_size, "decoder_feature_size", "SwinUNETR")
+        empty = [i for i, c in enumerate(self.encoder.out_channels) if c == 0]
+        if empty:
+            raise ValueError(
+                f"SwinUNETR merges a skip at every level, but the encoder {encoder_name!r} has no feature at level(s) "
+                f"{empty} (0 channels: placeholders of a pyramid that starts at reduction "
+                f"{self.encoder.reductions[empty[-1] + 1]}). Use an encoder with a feature at every level."
+            )
         self.decoder = SwinUNETRDecoder(
             self.encoder.out_channels,
             self.encoder.reductions,

@@ -91,6 +91,13 @@ class UNETR(SegmentationModel):
             single_scale_ok=True,
             **kwargs,
         )
+        empty = [i for i, c in enumerate(self.encoder.out_channels) if c == 0]
+        if empty:
+            raise ValueError(
+                f"UNETR merges a skip at every level, but the encoder {encoder_name!r} has no feature at level(s) "
+                f"{empty} (0 channels: placeholders of a pyramid that starts at reduction "
+                f"{self.encoder.reductions[empty[-1] + 1]}). Use an encoder with a feature at every level."
+            )
         self.decoder = UNETRDecoder(
             self.encoder.out_channels,
             self.encoder.reductions,
