@@ -199,11 +199,13 @@ class TimmViTEncoder(Encoder):
         kind = f"{type(model).__module__}.{type(model).__qualname__}"
         embed = getattr(model, "patch_embed", None)
         proj = getattr(embed, "proj", None)
-        if not isinstance(proj, nn.Conv2d) or not isinstance(getattr(model, "blocks", None), nn.Sequential):
+        if not isinstance(proj, nn.Conv2d) or not isinstance(
+            getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)
+        ):
             raise ConversionError(
-                f"{owner} ({kind}) is single-scale but not a plain ViT with a convolutional patch embedding and a "
-                f"sequence of blocks (patch_embed.proj, blocks); its token mixing is tied to a 2D grid, so it cannot "
-                f"serve as an encoder. Plain ViTs that work: tu-vit_*, tu-deit*, tu-*dinov2*, tu-eva*."
+                f"{owner} ({kind}) is single-scale but not a plain ViT (a convolutional patch embedding "
+                f"patch_embed.proj followed by a sequence of blocks), so it cannot serve as an encoder here. Plain "
+                f"ViTs that work: tu-vit_*, tu-deit*, tu-*dinov2*, tu-eva*."
             )
         if proj.stride != proj.kernel_size or proj.padding != (0, 0):
             raise ConversionError(

@@ -72,11 +72,11 @@ class ReadoutConcatBlock(nn.Module):
         self.has_prefix_tokens = has_prefix_tokens
         self.project = nn.Sequential(nn.Linear(embed_dim * (2 if has_prefix_tokens else 1), embed_dim), nn.GELU())
 
-    def forward(self, features: torch.Tensor, prefix_tokens: torch.Tensor) -> torch.Tensor:
-        """``features (B, C, *spatial)``, ``prefix_tokens (B, P, C)`` -> ``(B, C, *spatial)``."""
+    def forward(self, features: torch.Tensor, prefix_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """``features (B, C, *spatial)``, ``prefix_tokens (B, P, C)`` or ``None`` -> ``(B, C, *spatial)``."""
         shape = features.shape
         tokens = features.flatten(2).transpose(1, 2)
-        if self.has_prefix_tokens and prefix_tokens.shape[1] > 0:
+        if self.has_prefix_tokens and prefix_tokens is not None:
             tokens = torch.cat([tokens, prefix_tokens[:, :1].expand_as(tokens)], dim=2)
         return self.project(tokens).transpose(1, 2).reshape(shape)
 
@@ -84,8 +84,8 @@ class ReadoutConcatBlock(nn.Module):
 class ReadoutAddBlock(nn.Module):
     """Add the mean of the prefix tokens to every patch token (nothing without prefix tokens)."""
 
-    def forward(self, features: torch.Tensor, prefix_tokens: torch.Tensor) -> torch.Tensor:
-        if prefix_tokens.shape[1] == 0:
+    def forward(self, features: torch.Tensor, prefix_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        if prefix_tokens is None:
             return features
         mean = prefix_tokens.mean(dim=1)
         return features + mean.view(*mean.shape, *(1,) * (features.dim() - 2))
@@ -94,7 +94,7 @@ class ReadoutAddBlock(nn.Module):
 class ReadoutIgnoreBlock(nn.Module):
     """Leave the features as they are."""
 
-    def forward(self, features: torch.Tensor, prefix_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, prefix_tokens: torch.Tensor | None = None) -> torch.Tensor:
         return features
 
 
@@ -248,12 +248,13 @@ class DPTDecoder(nn.Module):
         )
         self.out_channels = fusion_channels
 
-    def forward(self, features: list[torch.Tensor], prefix_tokens: list[torch.Tensor]) -> torch.Tensor:
-        """``features``: the encoder's list (item 0 the input); ``prefix_tokens``: one ``(B, P, C)`` per used
-        level (``P`` may be 0). Returns ``(B, fusion_channels, *spatial / output_reduction)``."""
+    def forward(self, features: list[torch.Tensor], prefix_tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``features``: the encoder's list (item 0 the input); ``prefix_tokens``: ``None`` or one ``(B, P, C)``
+        per used level. Returns ``(B, fusion_channels, *spatial / output_reduction)``."""
         processed: list[torch.Tensor] = []
         for i, (projection, reassemble) in enumerate(zip(self.projection_blocks, self.reassemble_blocks, strict=True)):
-            processed.append(reassemble(projection(features[self.levels[i]], prefix_tokens[i])))
+            prefix = None if prefix_tokens is None else prefix_tokens[i]
+            processed.append(reassemble(projection(features[self.levels[i]], prefix)))
         fused: torch.Tensor | None = None
         for i, block in enumerate(self.fusion_blocks):
             fused = block(processed[len(processed) - 1 - i], fused)

@@ -112,7 +112,7 @@ class DPT(SegmentationModel):
                 UserWarning,
                 stacklevel=3,
             )
-        self._with_tokens = hasattr(self.encoder, "forward_tokens")
+        self._with_tokens = prefix > 0 and hasattr(self.encoder, "forward_tokens")
         self.decoder = DPTDecoder(
             encoder_channels=self.encoder.out_channels,
             encoder_reductions=self.encoder.reductions,
@@ -139,12 +139,11 @@ class DPT(SegmentationModel):
         downsampling of a level (a ViT with patch 16: 32)."""
         return self.decoder.input_multiple
 
-    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Features, and the prefix tokens of each feature when the encoder has them (``num_prefix_tokens > 0``)."""
         if self._with_tokens:
             return self.encoder.forward_tokens(x)
-        features = self.encoder(x)
-        empty = [features[level].new_zeros(x.shape[0], 0, features[level].shape[1]) for level in self.decoder.levels]
-        return features, empty
+        return self.encoder(x), None
 
     def _masks(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features, prefix_tokens = self._encode(x)
