@@ -35,7 +35,9 @@ class DPT(SegmentationModel):
         encoder_output_indices: the ViT blocks read (0-based); ``None`` spreads them uniformly, as smp.
         decoder_readout: how prefix (class) tokens enter the features: ``"cat"`` (concatenate the class
             token, then Linear + GELU), ``"add"`` (add their mean) or ``"ignore"``.
-        decoder_intermediate_channels: channels after each feature's 1x1 projection, one per feature.
+        decoder_intermediate_channels: channels after each feature's 1x1 projection, one per feature used.
+            ``None``: smp's ``(256, 512, 1024, 1024)``, cut or extended with 1024 to the number of features
+            (a 0-channel placeholder feature is not used).
         decoder_fusion_channels: channels of the reassembled and fused maps.
         in_channels: channels of the input.
         classes: channels of the output mask.
@@ -67,7 +69,7 @@ class DPT(SegmentationModel):
         encoder_weights: str | None = None,
         encoder_output_indices: Sequence[int] | None = None,
         decoder_readout: str = "cat",
-        decoder_intermediate_channels: Sequence[int] = (256, 512, 1024, 1024),
+        decoder_intermediate_channels: Sequence[int] | None = None,
         decoder_fusion_channels: int = 256,
         in_channels: int = 3,
         classes: int = 1,
@@ -82,7 +84,7 @@ class DPT(SegmentationModel):
             raise ValueError(f"DPT: decoder_readout must be one of {READOUTS}, got {decoder_readout!r}.")
         check_classes(classes)
         decoder_fusion_channels = check_channels(decoder_fusion_channels, "decoder_fusion_channels", "DPT")
-        if (
+        if decoder_intermediate_channels is not None and (
             isinstance(decoder_intermediate_channels, (str, bytes))
             or not isinstance(decoder_intermediate_channels, Sequence)
             or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in decoder_intermediate_channels)
@@ -113,6 +115,9 @@ class DPT(SegmentationModel):
                 stacklevel=3,
             )
         self._with_tokens = prefix > 0 and hasattr(self.encoder, "forward_tokens")
+        if decoder_intermediate_channels is None:
+            used = sum(1 for c in self.encoder.out_channels[1:] if c > 0)
+            decoder_intermediate_channels = ((256, 512) + (1024,) * max(0, used - 2))[:used]
         self.decoder = DPTDecoder(
             encoder_channels=self.encoder.out_channels,
             encoder_reductions=self.encoder.reductions,
