@@ -107,11 +107,20 @@ def test_input_must_be_a_multiple_of_the_deepest_level():
             model(torch.empty(1, 3, 48, 64))
 
 
-def test_scripting_is_refused_with_the_reason():
+def test_scripts_with_a_cnn_and_refuses_with_a_vit():
+    """TorchScript compiles DPT with a CNN encoder (equal to eager); a ViT encoder refuses with its reason."""
+    model = smp3d.DPT(
+        "resnet18", encoder_depth=3, decoder_readout="ignore", spatial_dims=2, decoder_intermediate_channels=(4, 8, 8),
+        decoder_fusion_channels=4, aux_params={"classes": 2},
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 64, 32)
+    scripted = torch.jit.script(model)
+    for got, want in zip(scripted(x), model(x), strict=True):
+        torch.testing.assert_close(got, want)
     with torch.device("meta"):
-        model = smp3d.DPT("resnet18", decoder_readout="ignore", spatial_dims=2, **SMALL)
-    with pytest.raises(Exception, match="prefix tokens"):
-        torch.jit.script(model)
+        vit = smp3d.DPT(TINY, spatial_dims=2, **SMALL)
+    with pytest.raises(Exception, match="TimmViTEncoder: timm's transformer blocks"):
+        torch.jit.script(vit)
 
 
 @pytest.mark.slow  # tracing timm's blocks takes 20-40 s on 2 cores

@@ -88,7 +88,9 @@ class ReadoutAddBlock(nn.Module):
         if prefix_tokens is None:
             return features
         mean = prefix_tokens.mean(dim=1)
-        return features + mean.view(*mean.shape, *(1,) * (features.dim() - 2))
+        for _ in range(features.dim() - 2):
+            mean = mean.unsqueeze(-1)
+        return features + mean
 
 
 class ReadoutIgnoreBlock(nn.Module):
@@ -289,6 +291,6 @@ class DPTSegmentationHead(nn.Module):
     def forward(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
         """``x (B, C, *decoder size)`` -> masks ``(B, out_channels, *size)`` (``size``: the input's spatial size)."""
         x = self.head(x)
-        if list(x.shape[2:]) != size:
+        if x.shape[2:] != size:
             x = F.interpolate(x, size=size, mode=self.mode, align_corners=True)
         return self.activation(x)

@@ -56,11 +56,7 @@ class DPT(SegmentationModel):
     """
 
     requires_divisible_input_shape = True
-    _is_torch_scriptable = False
-    _torch_script_refusal = (
-        "its encoder returns prefix tokens beside the features, and the tu- ViT encoders run timm's blocks, "
-        "which TorchScript does not compile (smp's DPT is not scriptable either)"
-    )
+    # Scriptable with a scriptable encoder (a CNN); the tu- ViT encoders refuse TorchScript themselves.
 
     def __init__(
         self,
@@ -151,8 +147,12 @@ class DPT(SegmentationModel):
         return self.encoder(x), None
 
     def _masks(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        features, prefix_tokens = self._encode(x)
-        masks = self.segmentation_head(self.decoder(features, prefix_tokens), list(x.shape[2:]))
+        if torch.jit.is_scripting():  # only encoders without prefix tokens script (the ViTs refuse TorchScript)
+            features = self.encoder(x)
+            prefix_tokens: list[torch.Tensor] | None = None
+        else:
+            features, prefix_tokens = self._encode(x)
+        masks = self.segmentation_head(self.decoder(features, prefix_tokens), x.shape[2:])
         if self.classification_head is not None:
             return masks, self.classification_head(features[-1])
         return masks
