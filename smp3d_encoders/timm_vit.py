@@ -199,9 +199,9 @@ class TimmViTEncoder(Encoder):
         kind = f"{type(model).__module__}.{type(model).__qualname__}"
         embed = getattr(model, "patch_embed", None)
         proj = getattr(embed, "proj", None)
-        if not isinstance(proj, nn.Conv2d) or not isinstance(
-            getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)
-        ):
+        plain = isinstance(embed, _timm_models().layers.PatchEmbed) and not hasattr(embed, "backbone")
+        blocks = getattr(model, "blocks", None)
+        if not plain or not isinstance(proj, nn.Conv2d) or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
             raise ConversionError(
                 f"{owner} ({kind}) is single-scale but not a plain ViT (a convolutional patch embedding "
                 f"patch_embed.proj followed by a sequence of blocks), so it cannot serve as an encoder here. Plain "
