@@ -285,7 +285,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         summary = f"done: {result.epochs} epochs, {result.iterations} iterations in {result.seconds:.1f}s"
         if val_volumes:
-            summary += f"; best val_dice {result.best_dice:.4f}"
+            summary += f"; best val_mean_dice_foreground {result.best_dice:.4f}"
         if config.checkpoint_dir:
             summary += f"; checkpoints in {config.checkpoint_dir}"
         print(summary, flush=True)
