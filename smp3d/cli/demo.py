@@ -26,6 +26,7 @@ from ..training import (
     normalize,
     write_prediction,
 )
+from . import show_progress
 from .predict import predict_volume, to_labels
 
 CLASS_NAMES = ["background", "sphere", "cuboid"]
@@ -87,7 +88,7 @@ def run_demo(args: Any) -> int:
         device=args.device,
         amp=args.amp,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     print(
         f"smp3d demo: {len(train)} training volumes {shape}, 1 validation volume, held-out volume "
@@ -119,7 +120,7 @@ def run_demo(args: Any) -> int:
         mode="multiclass",
         device=device,
         amp=config.amp,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     predicted = torch.from_numpy(to_labels(probabilities, "multiclass").astype(np.int64))
     truth = torch.from_numpy(test.label)  # type: ignore[arg-type]
