@@ -148,8 +148,9 @@ def to_labels(probabilities: torch.Tensor, mode: str, threshold: float = 0.5) ->
 
 def run_predict(args: Any) -> int:
     directory = Path(args.checkpoint)
+    model: Any  # a SegmentationModel: spatial_dims, segmentation_head, in_channels
     model, trainer = load_checkpoint(directory)
-    spatial_dims = model.spatial_dims
+    spatial_dims = int(model.spatial_dims)
     classes = int(getattr(model.segmentation_head[0], "out_channels", trainer.get("classes", 1)))
     mode = trainer.get("mode") or ("binary" if classes == 1 else "multiclass")
     patch = tuple(args.patch) if args.patch else tuple(trainer.get("patch") or ())

@@ -185,6 +185,8 @@ class SegmentationMetrics:
         self.threshold = threshold
         self.reset()
 
+    counts: torch.Tensor  # (4, C) int64: tp, fp, fn, tn per class
+
     def reset(self) -> None:
         """Forget everything seen so far (counts stay on their current device)."""
         device = self.counts.device if hasattr(self, "counts") else torch.device("cpu")
