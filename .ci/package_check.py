@@ -32,6 +32,7 @@ except ModuleNotFoundError:  # Python 3.10: the TOML reader pip carries
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("smp3d", "smp3d_encoders", "weights_tools")
 REQUIRED_DATA = ("smp3d/py.typed",)
+PLUGIN = "smp3d-example-plugin"
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -117,12 +118,17 @@ for group, points in expected["entry_points"].items():
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     names = smp3d.list_encoders()
-# A plugin of ours that fails to load is a broken wheel (other distributions' plugins are not checked here).
-ours = [str(w.message) for w in caught if "from distribution 'smp3d'" in str(w.message)]
-assert not ours, ours
+# A plugin that fails to load warns: with the wheel and the example plugin installed, none may.
+failed = [str(w.message) for w in caught]
+assert not failed, failed
+plugin = md.distribution("smp3d-example-plugin")
+assert Path(plugin.locate_file("")).resolve() == site, "the example plugin is not the one installed here"
+for ep in plugin.entry_points:
+    ep.load()
 families = sorted(ep.name for ep in md.entry_points(group="smp3d.encoders") if ep.dist.name == "smp3d")
 print(f"installed smp3d {smp3d.__version__} from {where.parent}")
 print(f"entry points: {len(families)} encoder families ({', '.join(families)}); list_encoders(): {len(names)} names")
+print(f"example plugin {plugin.version} loaded from the fresh environment")
 for family in ("resnet18", "efficientnet-b0", "mit_b0", "plain"):
     assert family in names, f"{family} missing from list_encoders()"
 """
@@ -145,6 +151,9 @@ def check_install(wheel: Path, work: Path) -> None:
     (site / "zz-reuse-installed-packages.pth").write_text("\n".join(overlay_paths()) + "\n")
     # Dependencies are found in the reused folders, so nothing is downloaded; smp3d itself goes into `site`.
     run([str(python), "-m", "pip", "install", "-q", "--no-input", str(wheel)])
+    # The example plugin too (not editable), as a third-party package installs beside the wheel: its editable
+    # install in the reused folders is metadata without its module there, and would warn on every registry load.
+    run([str(python), "-m", "pip", "install", "-q", "--no-input", "--no-deps", str(ROOT / "examples" / PLUGIN)])
     expected = {"modules": sorted(source_modules()), "entry_points": declared_entry_points()}
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     outside = work / "elsewhere"  # run away from the source tree, so that it cannot be imported by accident
