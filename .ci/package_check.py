@@ -7,7 +7,8 @@ from there, then type-check the public API with mypy.
 The wheel is built from the sdist (``python -m build``'s default), so a file the sdist forgets is
 missing from the wheel too. The fresh environment reuses the running environment's installed
 packages (torch, timm, ...) through a ``.pth`` file listing its site-packages folders, so no
-dependency is downloaded again; those folders come after the fresh environment's own, and the
+dependency is downloaded again (only ``build`` fetches the build backend, setuptools, into its
+isolated build environment, as for any sdist); those folders come after the fresh environment's own, and the
 check fails unless ``smp3d`` is imported from the installed wheel. It also fails when the wheel
 lacks a module of the source tree, ``py.typed``, an entry point of ``pyproject.toml`` or a console
 script, when an encoder plugin fails to load, or when the quick start fails.
@@ -150,6 +151,8 @@ def check_install(wheel: Path, work: Path) -> None:
     )
     (site / "zz-reuse-installed-packages.pth").write_text("\n".join(overlay_paths()) + "\n")
     # Dependencies are found in the reused folders, so nothing is downloaded; smp3d itself goes into `site`.
+    # pip may report dynamic-network-architectures' timm<1.0.23 pin found there: the README says why that
+    # oracle is installed with --no-deps; it is not a dependency of the wheel.
     run([str(python), "-m", "pip", "install", "-q", "--no-input", str(wheel)])
     # The example plugin too (not editable), as a third-party package installs beside the wheel: its editable
     # install in the reused folders is metadata without its module there, and would warn on every registry load.
