@@ -26,16 +26,16 @@ Metadata: ``single_scale = True`` (every feature at the patch reduction: pyramid
 DPT and UNETR build their own pyramid), ``num_prefix_tokens`` and :meth:`TimmViTEncoder.forward_tokens`
 (features plus the prefix tokens of each chosen block, for DPT's readout).
 
-Converted families: timm's ``VisionTransformer`` (ViT, DeiT III, DINOv2, ...), ``VisionTransformerDistilled``
-(DeiT), ``Eva`` (EVA, EVA-02: in N-D only without rotary embeddings, whose tables are 2D) and subclasses.
-Refused with the reason: models whose token mixing is tied to a 2D grid (BEiT's relative position bias,
-MLP-Mixer's token MLPs) and models that drop tokens.
+Converted families: timm's ``VisionTransformer`` (ViT, DeiT III, DINOv2, CLIP, SigLIP ...),
+``VisionTransformerDistilled`` (DeiT) and ``Eva`` without rotary embeddings (EVA-01). Refused with the
+reason: models whose position handling is tied to a 2D grid (BEiT's relative position bias, EVA-02's
+rotary embeddings), single-scale models that are not a patch embedding followed by blocks (MLP-Mixer,
+hybrid ViTs) and models that drop tokens.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -187,7 +187,6 @@ class TimmViTEncoder(Encoder):
                 f"first two), got {position_grid!r}."
             )
         self.grid = (*self.grid_2d, *position_grid)
-        self._takes_rope = "rope" in inspect.signature(model.blocks[0].forward).parameters
         if spatial_dims != 2 or patch[:2] != tuple(proj.kernel_size):
             self._convert(model, patch)
         self.model = model
@@ -221,11 +220,10 @@ class TimmViTEncoder(Encoder):
         drop = getattr(model, "patch_drop", None)
         if drop is not None and float(getattr(drop, "prob", 0.0)) > 0:
             raise ConversionError(f"{owner}: patch dropout removes tokens, so dense features cannot be formed.")
-        rope = getattr(model, "rope", None)
-        if rope is not None and (spatial_dims != 2 or getattr(model, "rope_mixed", False)):
+        if getattr(model, "rope", None) is not None:
             raise ConversionError(
-                f"{owner} ({kind}): its rotary position embeddings are built for a 2D grid; they work here in 2D "
-                f"only (spatial_dims=2), and not in timm's mixed mode."
+                f"{owner} ({kind}): its rotary position embeddings (EVA-02, RoPE ViTs) are built for timm's 2D "
+                f"token grid; not converted."
             )
         missing = [a for a in ("pos_drop", "norm_pre", "embed_dim") if not hasattr(model, a)]
         if missing:
@@ -363,17 +361,11 @@ class TimmViTEncoder(Encoder):
         tokens, grid = self._embed(x)
         tokens = model.norm_pre(tokens)
         bias = self._prefix_bias(tokens, grid)
-        rope = model.rope.get_embed(shape=grid) if getattr(model, "rope", None) is not None else None
         features: list[torch.Tensor] = [x]
         prefixes: list[torch.Tensor] = []
         batch, prefix = tokens.shape[0], self.num_prefix_tokens
         for i, block in enumerate(model.blocks[: self.output_indices[-1] + 1]):
-            if self._takes_rope:
-                tokens = block(tokens, rope=rope, attn_mask=bias)
-            elif bias is not None:
-                tokens = block(tokens, attn_mask=bias)
-            else:
-                tokens = block(tokens)
+            tokens = block(tokens, attn_mask=bias)
             if i in self.output_indices:
                 prefixes.append(tokens[:, :prefix])
                 features.append(tokens[:, prefix:].transpose(1, 2).reshape(batch, -1, *grid).contiguous())

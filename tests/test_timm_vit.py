@@ -105,7 +105,8 @@ def test_depth_beyond_the_blocks_is_refused():
     [
         ("mixer_s16_224", 2, r"single-scale but not a plain ViT"),
         ("beit_base_patch16_224", 2, r"relative position bias tables"),
-        ("eva02_tiny_patch14_224", 3, r"rotary position embeddings .* 2D only"),
+        ("eva02_tiny_patch14_224", 2, r"rotary position embeddings"),
+        ("vit_tiny_r_s16_p8_224", 2, r"single-scale but not a plain ViT"),  # hybrid: a CNN before the blocks
     ],
 )
 def test_unconverted_families_are_refused_with_the_reason(name, spatial_dims, match):
