@@ -221,3 +221,34 @@ def test_compiles_without_graph_breaks_3d():
     no graph breaks, equal to eager."""
     encoder = smp3d.get_encoder(TINY, depth=1, spatial_dims=3, patch_size=(16, 16, 8), position_grid=3).eval()
     check_compiles(encoder, torch.randn(1, 3, 32, 32, 16))
+
+
+def test_pretrained_tag_loads_timm_weights_inflated(tmp_path, monkeypatch):
+    """``encoder_weights``: timm's 2D safetensors (fetched through a faked Hub) -> N-D, strictly, with
+    in_channels adapted; a DPT with that encoder builds on it."""
+    from safetensors.torch import save_file
+
+    full = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    file = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(file))
+    seen = []
+
+    def download(repo_id, filename, revision=None, **_):
+        seen.append(repo_id)
+        return str(file)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
+    encoder = smp3d.get_encoder(
+        "tu-vit_tiny_patch16_224.augreg_in21k", weights="augreg_in21k", depth=2, in_channels=1,
+        patch_size=(16, 16, 2), position_grid=2,
+    )  # fmt: skip
+    assert seen == ["timm/vit_tiny_patch16_224.augreg_in21k"]
+    kernel = full.patch_embed.proj.weight.detach().sum(1, keepdim=True)  # smp's rule for 1 channel
+    torch.testing.assert_close(
+        encoder.model.patch_embed.proj.weight, kernel.unsqueeze(-1).expand(-1, -1, 16, 16, 2) / 2
+    )
+    table = encoder.model.pos_embed.detach()
+    torch.testing.assert_close(
+        table[:, 1:].reshape(14, 14, 2, 192)[..., 1, :], full.pos_embed.detach()[0, 1:].reshape(14, 14, 192)
+    )
+    torch.testing.assert_close(encoder.model.blocks[7].mlp.fc2.weight, full.blocks[7].mlp.fc2.weight)
