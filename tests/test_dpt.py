@@ -88,7 +88,7 @@ def test_level_targets_for_a_patch_of_14():
     ("kwargs", "match", "error"),
     [
         (dict(decoder_readout="concat"), r"decoder_readout must be one of \('cat', 'add', 'ignore'\)", ValueError),
-        (dict(decoder_intermediate_channels=(8, 16)), r"has 2 items but the encoder gives 4 features", ValueError),
+        (dict(decoder_intermediate_channels=(8, 16)), r"has 2 items but the encoder has 4 features", ValueError),
         (dict(decoder_intermediate_channels=(8, 16, 0, 4)), r"sequence of positive ints", ValueError),
         (dict(decoder_fusion_channels=0), r"decoder_fusion_channels must be a positive int", ValueError),
         (dict(encoder_output_indices=(1, 2)), r"output_indices must be 4 block indices", ValueError),

@@ -201,7 +201,7 @@ class DPTDecoder(nn.Module):
         self.levels = tuple(i for i in range(1, len(encoder_channels)) if encoder_channels[i] > 0)
         if len(intermediate_channels) != len(self.levels):
             raise ValueError(
-                f"DPT: decoder_intermediate_channels has {len(intermediate_channels)} items but the encoder gives "
+                f"DPT: decoder_intermediate_channels has {len(intermediate_channels)} items but the encoder has "
                 f"{len(self.levels)} features (levels {self.levels} with channels {tuple(encoder_channels)}): give one "
                 f"per feature, e.g. {(256, 512, 1024, 1024, 1024)[: len(self.levels)]}."
             )

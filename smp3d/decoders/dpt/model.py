@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ...base import SegmentationModel, build_classification_head, check_classes
 from ...base.assembly import build_encoder, check_channels
+from ...base.checks import explain_batch_norm_error
 from ...encoders.protocol import StridesArg
 from .decoder import READOUTS, DPTDecoder, DPTSegmentationHead
 
@@ -37,7 +38,7 @@ class DPT(SegmentationModel):
             token, then Linear + GELU), ``"add"`` (add their mean) or ``"ignore"``.
         decoder_intermediate_channels: channels after each feature's 1x1 projection, one per feature used.
             ``None``: smp's ``(256, 512, 1024, 1024)``, cut or extended with 1024 to the number of features
-            (a 0-channel placeholder feature is not used).
+            (a 0-channel placeholder feature is not used); an int: that count for every feature.
         decoder_fusion_channels: channels of the reassembled and fused maps.
         in_channels: channels of the input.
         classes: channels of the output mask.
@@ -65,7 +66,7 @@ class DPT(SegmentationModel):
         encoder_weights: str | None = None,
         encoder_output_indices: Sequence[int] | None = None,
         decoder_readout: str = "cat",
-        decoder_intermediate_channels: Sequence[int] | None = None,
+        decoder_intermediate_channels: Sequence[int] | int | None = None,
         decoder_fusion_channels: int = 256,
         in_channels: int = 3,
         classes: int = 1,
@@ -80,14 +81,18 @@ class DPT(SegmentationModel):
             raise ValueError(f"DPT: decoder_readout must be one of {READOUTS}, got {decoder_readout!r}.")
         check_classes(classes)
         decoder_fusion_channels = check_channels(decoder_fusion_channels, "decoder_fusion_channels", "DPT")
-        if decoder_intermediate_channels is not None and (
+        if isinstance(decoder_intermediate_channels, int) and not isinstance(decoder_intermediate_channels, bool):
+            decoder_intermediate_channels = check_channels(
+                decoder_intermediate_channels, "decoder_intermediate_channels", "DPT"
+            )
+        elif decoder_intermediate_channels is not None and (
             isinstance(decoder_intermediate_channels, (str, bytes))
             or not isinstance(decoder_intermediate_channels, Sequence)
             or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in decoder_intermediate_channels)
         ):
             raise ValueError(
-                f"DPT: decoder_intermediate_channels must be a sequence of positive ints (one per encoder feature), "
-                f"got {decoder_intermediate_channels!r}."
+                f"DPT: decoder_intermediate_channels must be a sequence of positive ints (one per encoder feature) "
+                f"or one positive int for all, got {decoder_intermediate_channels!r}."
             )
         if encoder_output_indices is not None:
             kwargs["output_indices"] = encoder_output_indices
@@ -111,9 +116,11 @@ class DPT(SegmentationModel):
                 stacklevel=3,
             )
         self._with_tokens = prefix > 0 and hasattr(self.encoder, "forward_tokens")
+        used = sum(1 for c in self.encoder.out_channels[1:] if c > 0)
         if decoder_intermediate_channels is None:
-            used = sum(1 for c in self.encoder.out_channels[1:] if c > 0)
             decoder_intermediate_channels = ((256, 512) + (1024,) * max(0, used - 2))[:used]
+        elif isinstance(decoder_intermediate_channels, int):
+            decoder_intermediate_channels = (decoder_intermediate_channels,) * used
         self.decoder = DPTDecoder(
             encoder_channels=self.encoder.out_channels,
             encoder_reductions=self.encoder.reductions,
@@ -139,6 +146,19 @@ class DPT(SegmentationModel):
         """Per-axis multiple every input size must be: the encoder's deepest reduction times the decoder's
         downsampling of a level (a ViT with patch 16: 32)."""
         return self.decoder.input_multiple
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003 - nn.Module's signature
+        # As SegmentationModel's, but the deepest map is the decoder's coarsest reassembled level.
+        try:
+            return nn.Module.__call__(self, *args, **kwargs)
+        except ValueError as error:
+            if not self.training or not args:
+                raise
+            reductions = (*self.encoder.reductions, self.output_stride)
+            explained = explain_batch_norm_error(error, args[0], reductions, type(self).__name__)
+            if explained is None:
+                raise
+            raise explained from error
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Features, and the prefix tokens of each feature when the encoder has them (``num_prefix_tokens > 0``)."""
