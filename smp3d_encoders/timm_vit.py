@@ -375,6 +375,21 @@ class TimmViTEncoder(Encoder):
         """``[x, f_1, ..., f_depth]``: every feature ``(B, C, *spatial / patch)`` (see :meth:`forward_tokens`)."""
         return self.forward_tokens(x)[0]
 
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """Stage 1: the patch embedding and the blocks up to the first one read; stage ``i``: the blocks after
+        the one read for feature ``i - 1`` up to the one read for feature ``i``. Used by activation
+        checkpointing (``model.set_checkpointing(encoder=True)`` checkpoints every block)."""
+        first = 0 if stage == 1 else self.output_indices[stage - 2] + 1
+        blocks = list(self.model.blocks[first : self.output_indices[stage - 1] + 1])
+        return [self.model.patch_embed, *blocks] if stage == 1 else blocks
+
+    def make_dilated(self, output_stride: int | Sequence[int]) -> None:
+        """A plain ViT has no strided stages to trade for dilation: always refused."""
+        raise ValueError(
+            f"tu-{self.timm_name} is a plain ViT (one patch embedding, reduction {self.patch_size}): it cannot be "
+            f"dilated to output_stride={output_stride!r}; choose the patch size instead (patch_size=...)."
+        )
+
     # -- weights --------------------------------------------------------------------------------
 
     def source_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch
 from architecture_checks import check_compiles
 
 import smp3d
+from smp3d.base.checkpointing import is_checkpointed
 from smp3d.decoders.dpt import dpt_level_reductions
 
 TINY = "tu-vit_tiny_patch16_224"
@@ -145,3 +146,24 @@ def test_create_model_and_save_load(tmp_path):
     loaded = smp3d.from_pretrained(tmp_path).eval()
     x = torch.randn(1, 3, 32, 32, 32)
     torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_encoder_checkpointing_gives_the_same_gradients():
+    """set_checkpointing(encoder=True) checkpoints the ViT's blocks (stage_modules): same loss and gradients."""
+    torch.manual_seed(0)
+    model = smp3d.DPT(
+        TINY, encoder_depth=2, in_channels=1, classes=2, patch_size=(16, 16, 8), position_grid=2,
+        encoder_output_indices=(0, 2), decoder_intermediate_channels=4, decoder_fusion_channels=4,
+    )  # fmt: skip
+    x = torch.randn(2, 1, 32, 32, 16)
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.set_checkpointing(encoder=enabled)
+        torch.manual_seed(1)  # the head's dropout draws the same mask in both runs
+        model(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.encoder.parameters() if p.grad is not None])
+    assert is_checkpointed(model.encoder.model.blocks[2]) and is_checkpointed(model.encoder.model.patch_embed)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
