@@ -6,8 +6,8 @@ centres aligned as ``align_corners=False`` does: target voxel ``i`` samples the 
 ``(i + 0.5) * n_source / n_target - 0.5``. Upsampling a label by an integer factor with
 ``nearest`` and sampling it back therefore returns the label unchanged.
 
-Images are interpolated ``linear`` or ``cubic`` (Keys' cubic convolution, as ``bicubic`` in
-PyTorch); labels by ``nearest`` or ``onehot`` (each class's indicator interpolated linearly, then
+Images are interpolated ``linear`` or ``cubic`` (Keys' cubic convolution with a = -0.5,
+Catmull-Rom); labels by ``nearest`` or ``onehot`` (each class's indicator interpolated linearly, then
 the most likely class). When one axis is much coarser than the others (a thick-slice scan: ratio
 above :data:`SEPARATE_AXIS_RATIO`), that axis is resampled on its own with ``nearest``, so that
 slices are not blended into each other (nnU-Net does the same).
@@ -122,8 +122,7 @@ def _resample_axis(x: torch.Tensor, axis: int, size: int, mode: str) -> torch.Te
     rest = moved.shape[:-1]
     flat = moved.reshape(1, -1, moved.shape[-1])
     if mode == "cubic":
-        # bicubic over (n, 1): the second axis keeps its size, so it is sampled exactly.
-        out = F.interpolate(flat[..., None], size=(size, 1), mode="bicubic", align_corners=False)[..., 0]
+        out = _cubic(flat, size)
     elif mode == "linear":
         out = F.interpolate(flat, size=size, mode="linear", align_corners=False)
     elif mode == "nearest":
@@ -131,6 +130,24 @@ def _resample_axis(x: torch.Tensor, axis: int, size: int, mode: str) -> torch.Te
     else:
         raise TrainingError(f"unknown interpolation {mode!r}; expected nearest, linear or cubic")
     return out.reshape(*rest, size).movedim(-1, axis)
+
+
+def _cubic(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Cubic convolution (Keys, a = -0.5: Catmull-Rom, exact on linear ramps) along the last axis;
+    edges repeat the border voxel."""
+    n = x.shape[-1]
+    position = (torch.arange(size, dtype=torch.float64) + 0.5) * (n / size) - 0.5
+    base = position.floor()
+    t = position - base
+    out = torch.zeros(*x.shape[:-1], size, dtype=x.dtype)
+    for offset in (-1, 0, 1, 2):
+        d = (t - offset).abs()  # distance from the sample to this neighbour
+        near = 1.5 * d**3 - 2.5 * d**2 + 1
+        far = -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2
+        weight = torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+        index = (base.long() + offset).clamp(0, n - 1)
+        out += x.index_select(-1, index) * weight.to(x.dtype)
+    return out
 
 
 def _resample(x: torch.Tensor, new_shape: Sequence[int], mode: str, separate: int | None, leading: int) -> torch.Tensor:
