@@ -9,7 +9,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from smp3d.cli import main
 from smp3d.training import TrainingError
@@ -159,7 +158,7 @@ def test_a_real_trial_step_on_the_cpu_is_measured():
         "nnunet", "plain_nnunet", {"encoder_depth": 2, "strides": [[1, 1, 1], [2, 2, 2]]},
         in_channels=1, classes=2, spatial_dims=3, patch=(8, 8, 8), batch=2,
     )  # fmt: skip
-    assert cost.seconds > 0 and cost.peak_bytes is None
+    assert cost.seconds > 0 and cost.peak_bytes is None and 0 < cost.cpu_step_seconds <= cost.seconds
 
 
 # -- geometry ---------------------------------------------------------------------------------------
@@ -339,4 +338,14 @@ def test_a_plan_for_another_dimension_is_refused(tmp_path):
         bad.check()
 
 
-torch.set_num_threads(1)
+def test_spacing_flag_is_for_headerless_files_and_gpu_budgets_for_gpus(tmp_path, capsys):
+    image, label = blob_scene((8, 8, 8), 0)
+    spec = save_pair(tmp_path, "h", image, label, np.diag([2.0, 2.0, 2.0, 1.0]))
+    with pytest.warns(UserWarning, match=r"header gives spacing \(2.0, 2.0, 2.0\)"):
+        assert read_volume(spec, need_label=True, spacing=(1.0, 1.0, 1.0)).spacing == (2.0, 2.0, 2.0)
+    np.save(tmp_path / "x.npy", image)
+    np.save(tmp_path / "y.npy", label)
+    volume = read_volume(f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}", need_label=True, spacing=(1.0, 1.0, 3.0))
+    assert volume.spacing == (1.0, 1.0, 3.0)
+    code = main(["plan", spec, "-o", str(tmp_path / "p.json"), "--device", "cpu", "--budget-gb", "4"])
+    assert code == 2 and "on the CPU give --budget-seconds-per-step" in capsys.readouterr().err

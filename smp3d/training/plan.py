@@ -436,7 +436,7 @@ def make_plan(
         if measure is None:
             measure = _trial_measure(network, target, dims, fingerprint.channels, classes, device, amp, unit)
         budget_value = value * 2**30 if unit == "gb" else value
-        calibration = 32.0**3 if dims == 3 else 128.0**2
+        calibration = 16.0**3 if dims == 3 else 64.0**2
         chosen, batch, trials = fit_budget(measure, budget_value, candidate, float(np.prod(limit)), calibration)
         budget["trials"] = [{**t, "cost": round(t["cost"] / 2**30, 4) if unit == "gb" else t["cost"]} for t in trials]
         dataset_voxels = float(np.prod(median_shape)) * len(fingerprint.shapes)
@@ -444,6 +444,11 @@ def make_plan(
         if batch > cap:
             notes.append(f"batch {batch} fits the budget; capped at {cap} (one batch <= 5% of the dataset's voxels)")
             batch = cap
+    if np.prod(chosen) < (32**3 if dims == 3 else 64**2) and np.prod(chosen) < np.prod(limit):
+        notes.append(
+            f"patch {list(chosen)} is small for learning context; raise the budget if you can "
+            "(measured on a busy machine, trial steps run slower than on an idle one)"
+        )
     _, topology = _fit_topology(target, chosen, max_stages)
     arch, encoder, model_kwargs, divisor = network_for(network, topology, dims)
     if any(p % d for p, d in zip(chosen, divisor, strict=True)):
@@ -505,6 +510,6 @@ def _trial_measure(
             torch.cuda.empty_cache()  # the trial model's memory back before the next trial
         if unit == "gb":
             return float(cost.peak_bytes or 0), float(cost.static_bytes or 0)
-        return cost.seconds, 0.0
+        return cost.cpu_step_seconds, 0.0
 
     return measure

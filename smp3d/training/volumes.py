@@ -20,6 +20,7 @@ expected and what came.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,7 +163,14 @@ def _spacing_for(
     volume_name: str, affine: np.ndarray | None, spacing: tuple[float, ...] | None, spatial_dims: int
 ) -> tuple[float, ...]:
     if affine is not None:
-        return spacing_from_affine(affine, spatial_dims)
+        found = spacing_from_affine(affine, spatial_dims)
+        if spacing is not None and not np.allclose(found, spacing, rtol=1e-3):
+            warnings.warn(
+                f"{volume_name}: its NIfTI header gives spacing {found}; --spacing {tuple(spacing)} applies to "
+                "HDF5 and NumPy files only",
+                stacklevel=3,
+            )
+        return found
     if spacing is None:
         return (1.0,) * spatial_dims
     if len(spacing) != spatial_dims or any(not s > 0 for s in spacing):
