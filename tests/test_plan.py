@@ -148,6 +148,16 @@ def test_make_plan_with_a_cost_model_caps_the_batch_and_writes_editable_json(tmp
         read_plan(path)
 
 
+def test_any_registered_encoder_gets_the_planned_pooling_strides():
+    fp = fingerprint([(0.5, 0.5, 1.0)] * 2, [(128, 128, 64)] * 2)
+    plan = make_plan(fp, network="resnet18", patch=(128, 128, 64))
+    assert (plan.arch, plan.encoder) == ("unet", "resnet18")
+    kwargs = plan.model_kwargs
+    assert kwargs["encoder_depth"] == 5 and kwargs["strides"][0] == [2, 2, 1] and "kernel_sizes" not in kwargs
+    with pytest.raises(KeyError, match="resnet19"):
+        make_plan(fp, network="resnet19", patch=(128, 128, 64))
+
+
 def test_ct_is_recognised_by_hounsfield_air():
     assert make_plan(fingerprint([(1, 1, 1)], [(16, 16, 16)], -1024.0), patch=(16, 16, 16)).normalization == "ct"
     assert make_plan(fingerprint([(1, 1, 1)], [(16, 16, 16)], 0.0), patch=(16, 16, 16)).normalization == "zscore"

@@ -50,7 +50,7 @@ def measure_step(
     patch: Sequence[int],
     batch: int,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    amp: bool | str = False,
 ) -> StepCost:
     """Build the model and time a training step (AdamW, cross-entropy): the faster of two after one
     warm-up step; on CUDA also the peak memory of those steps."""
@@ -69,7 +69,8 @@ def measure_step(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     image = torch.randn(batch, in_channels, *patch, device=device)
     target = torch.randint(0, max(classes, 2), (batch, *patch), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    half = torch.float16 if amp == "fp16" else torch.bfloat16
+    autocast = torch.autocast(device.type, dtype=half, enabled=bool(amp))
 
     def step() -> None:
         with autocast:

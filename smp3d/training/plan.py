@@ -364,7 +364,7 @@ def make_plan(
     label_map: dict[int, int] | None = None,
     spacing: Sequence[float] | None = None,
     patch: Sequence[int] | None = None,
-    amp: bool = False,
+    amp: bool | str = False,
     measure: Measure | None = None,
 ) -> Plan:
     """Derive a :class:`Plan` from ``fingerprint`` (rules in the module doc).
@@ -381,7 +381,7 @@ def make_plan(
         image_resampling, label_resampling: recorded in the plan (see :mod:`.geometry`).
         label_map, spacing: recorded in the plan, so that training reads the data as planned.
         patch: use this patch (no trial step; batch :data:`MIN_BATCH`).
-        amp: trial steps in bf16 autocast.
+        amp: trial steps in autocast: True or ``bf16``, or ``fp16``.
         measure: replaces the trial step (``(patch, batch) -> (cost, static)`` in the budget's unit).
 
     Returns:
@@ -488,7 +488,7 @@ def _trial_measure(
     channels: int,
     classes: int,
     device: torch.device,
-    amp: bool,
+    amp: bool | str,
     unit: str,
 ) -> Measure:
     def measure(patch: tuple[int, ...], batch: int) -> tuple[float, float]:
