@@ -138,6 +138,7 @@ def test_make_plan_with_a_cost_model_caps_the_batch_and_writes_editable_json(tmp
     assert plan.model_kwargs["encoder_depth"] == 5 and plan.model_kwargs["strides"][0] == [1, 1, 1]
     path = tmp_path / "plan.json"
     write_plan(plan, path)
+    assert '"patch": [64, 64, 64],' in path.read_text() and read_plan(path) == plan
     data = json.loads(path.read_text())
     data["patch"] = [32, 32, 32]  # a person edits it
     path.write_text(json.dumps(data))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ def plan_target_spacing(
     target = np.median(spacing_array, axis=0)
     median_shape = np.median(np.asarray(shapes, dtype=np.float64), axis=0)
     why = f"median spacing {tuple(round(float(t), 4) for t in target)}"
-    if len(target) >= 2:
+    if len(target) == 3:  # nnU-Net's rule is for volumes; 2D images keep their median
         coarse = int(np.argmax(target))
         others = [a for a in range(len(target)) if a != coarse]
         finer = max(target[a] for a in others)
@@ -296,9 +297,14 @@ class Plan:
             raise TrainingError(f"{where}: batch_size, classes and in_channels must be >= 1")
 
 
+_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+
+
 def write_plan(plan: Plan, path: str | Path) -> None:
     """Write ``plan`` as indented JSON, atomically."""
     text = json.dumps(plan.to_json(), indent=2) + "\n"
+    # Lists of numbers on one line each: a patch or a spacing reads as [64, 80, 64].
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
     def write(temp: str) -> None:
         Path(temp).write_text(text)
