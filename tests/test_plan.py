@@ -360,3 +360,25 @@ def test_spacing_flag_is_for_headerless_files_and_gpu_budgets_for_gpus(tmp_path,
     assert volume.spacing == (1.0, 1.0, 3.0)
     code = main(["plan", spec, "-o", str(tmp_path / "p.json"), "--device", "cpu", "--budget-gb", "4"])
     assert code == 2 and "on the CPU give --budget-seconds-per-step" in capsys.readouterr().err
+
+
+def test_prepared_volumes_are_cached_once_and_keyed_by_file_and_settings(tmp_path, monkeypatch):
+    image, label = blob_scene((12, 12, 8), 0)
+    spec = save_pair(tmp_path, "c", image, label, np.diag([1.0, 1.0, 2.0, 1.0]))
+    plan = make_plan(fingerprint([(1, 1, 2)], [(12, 12, 8)]), network="plain", patch=(8, 8, 8))
+    plan.target_spacing = (1.0, 1.0, 1.0)
+    cache = tmp_path / "cache"
+    first = prepare_run([spec], plan=plan, cache_dir=cache).train[0]
+    assert first.spatial_shape == (12, 12, 16) and len(list(cache.iterdir())) == 1
+    import smp3d.training.prepare as prepare_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read from the file despite the cache")
+
+    monkeypatch.setattr(prepare_module, "read_volume", refuse)
+    again = prepare_run([spec], plan=plan, cache_dir=cache).train[0]
+    assert np.array_equal(again.image, first.image) and np.array_equal(again.label, first.label)
+    assert again.original_shape == (12, 12, 8) and again.spacing == (1.0, 1.0, 1.0)
+    monkeypatch.undo()
+    prepare_run([spec], plan=plan, cache_dir=cache, overrides={"normalize": "none"})  # another setting
+    assert len(list(cache.iterdir())) == 2

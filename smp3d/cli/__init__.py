@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--patch", type=_positive_int, nargs="+", default=None, help="patch size, one or per axis (default: planned)"
     )
-    add_data_geometry_arguments(data)
+    add_data_geometry_arguments(data, cache=True)
     data.add_argument(
         "--stride",
         type=_positive_int,
@@ -286,6 +286,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raw_key=args.raw_dataset,
         label_key=args.label_dataset,
         planning=planning_options(args, dims, device) if plan is None else None,
+        cache_dir=args.cache_dir,
         log=lambda line: print(line, flush=True) if main_rank else None,
     )
     fields = run.config

@@ -24,8 +24,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def add_data_geometry_arguments(group: argparse._ArgumentGroup) -> None:
-    """``--spacing`` and ``--label-map``: how files are read (plan and train)."""
+def add_data_geometry_arguments(group: argparse._ArgumentGroup, cache: bool = False) -> None:
+    """``--spacing`` and ``--label-map``: how files are read (plan and train); ``--cache-dir`` (train)."""
     group.add_argument(
         "--spacing",
         type=_positive_float,
@@ -37,6 +37,13 @@ def add_data_geometry_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--label-map", default=None, metavar="OLD:NEW,...", help="remap label values on load, e.g. 4:3,9:0"
     )
+    if cache:
+        group.add_argument(
+            "--cache-dir",
+            default=None,
+            metavar="DIR",
+            help="keep the normalised, resampled volumes here and reuse them in later runs",
+        )
 
 
 def add_planning_arguments(group: argparse._ArgumentGroup) -> None:

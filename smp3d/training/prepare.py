@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
+from .cache import cache_key, load_cached, store_cached
 from .errors import TrainingError
 from .fingerprint import fingerprint_volumes
 from .plan import Plan, make_plan, read_plan
-from .volumes import Volume, prepare_volume, read_volumes
+from .volumes import Volume, expand_specs, prepare_volume, read_volume, read_volumes
 
 __all__ = ["NETWORK_SETTINGS", "PreparedRun", "fit_patch_to_model", "planned_config", "prepare_run"]
 
@@ -93,6 +94,7 @@ def prepare_run(
     raw_key: str = "raw",
     label_key: str = "label",
     planning: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> PreparedRun:
     """Read the volumes, plan (unless ``plan`` is given), apply ``overrides``, prepare the volumes.
@@ -107,6 +109,8 @@ def prepare_run(
         raw_key, label_key: HDF5 dataset names.
         planning: arguments of :func:`~smp3d.training.plan.make_plan` (network, device, budget_gb,
             budget_seconds_per_step, modality, target_spacing, image_resampling, label_resampling, amp).
+        cache_dir: keep prepared volumes here and reuse them (:mod:`.cache`); with a plan given, a
+            cached volume is not read from its file at all.
         log: receives one line per planning decision.
 
     Returns:
@@ -126,26 +130,41 @@ def prepare_run(
     spatial_dims = spatial_dims or 3
     spacing = None if spacing is None else tuple(float(s) for s in spacing)
     read = dict(raw_key=raw_key, label_key=label_key, spacing=spacing, label_map=label_map)
-    train = read_volumes(list(train_specs), spatial_dims, **read)
-    val = read_volumes(list(val_specs), spatial_dims, **read) if val_specs else []
+    train_specs = expand_specs(list(train_specs))
+    val_specs = expand_specs(list(val_specs)) if val_specs else []
+    raw: list[Volume | None] = [None] * len(train_specs)
     if plan is None:
+        raw = read_volumes(train_specs, spatial_dims, **read)  # type: ignore[assignment]
         options = dict(planning or {})
         if overrides.get("patch") is not None:
             options["patch"] = overrides["patch"]
         if overrides.get("encoder") is not None and options.get("network") is None:
             options["network"] = overrides["encoder"]  # the trial step then measures a Unet with it
-        plan = make_plan(fingerprint_volumes(train), label_map=label_map, spacing=spacing, **options)
+        plan = make_plan(fingerprint_volumes(raw), label_map=label_map, spacing=spacing, **options)  # type: ignore[arg-type]
         for note in plan.notes:
             (log or (lambda _: None))(f"plan: {note}")
     config = planned_config(plan, overrides)
     config.update(spacing=spacing, label_map=label_map)
-    for volume in train + val:
-        prepare_volume(
-            volume,
-            normalization=config["normalize"],
-            intensity_stats=config["intensity_stats"],
-            target_spacing=config["target_spacing"],
-            image_resampling=config["image_resampling"],
-            label_resampling=config["label_resampling"],
-        )
+    how = dict(
+        normalization=config["normalize"],
+        intensity_stats=config["intensity_stats"],
+        target_spacing=config["target_spacing"],
+        image_resampling=config["image_resampling"],
+        label_resampling=config["label_resampling"],
+    )
+    settings = {"spatial_dims": spatial_dims, **read, **how}
+
+    def prepared(spec: str, volume: Volume | None) -> Volume:
+        key = cache_key(spec, settings) if cache_dir is not None else None
+        if key is not None and (hit := load_cached(cache_dir, key)) is not None:  # type: ignore[arg-type]
+            return hit
+        if volume is None:
+            volume = read_volume(spec, spatial_dims, need_label=True, **read)
+        prepare_volume(volume, **how)
+        if key is not None:
+            store_cached(cache_dir, key, volume)  # type: ignore[arg-type]
+        return volume
+
+    train = [prepared(spec, volume) for spec, volume in zip(train_specs, raw, strict=True)]
+    val = [prepared(spec, None) for spec in val_specs]
     return PreparedRun(config, plan, train, val)
