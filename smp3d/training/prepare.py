@@ -132,15 +132,15 @@ def prepare_run(
     read = dict(raw_key=raw_key, label_key=label_key, spacing=spacing, label_map=label_map)
     train_specs = expand_specs(list(train_specs))
     val_specs = expand_specs(list(val_specs)) if val_specs else []
-    raw: list[Volume | None] = [None] * len(train_specs)
+    read_first: list[Volume] = []  # read now to fingerprint them, prepared below
     if plan is None:
-        raw = read_volumes(train_specs, spatial_dims, **read)  # type: ignore[assignment]
+        read_first = read_volumes(train_specs, spatial_dims, **read)
         options = dict(planning or {})
         if overrides.get("patch") is not None:
             options["patch"] = overrides["patch"]
         if overrides.get("encoder") is not None and options.get("network") is None:
             options["network"] = overrides["encoder"]  # the trial step then measures a Unet with it
-        plan = make_plan(fingerprint_volumes(raw), label_map=label_map, spacing=spacing, **options)  # type: ignore[arg-type]
+        plan = make_plan(fingerprint_volumes(read_first), label_map=label_map, spacing=spacing, **options)
         for note in plan.notes:
             (log or (lambda _: None))(f"plan: {note}")
     config = planned_config(plan, overrides)
@@ -153,18 +153,19 @@ def prepare_run(
         label_resampling=config["label_resampling"],
     )
     settings = {"spatial_dims": spatial_dims, **read, **how}
+    folder = None if cache_dir is None else Path(cache_dir)
 
     def prepared(spec: str, volume: Volume | None) -> Volume:
-        key = cache_key(spec, settings) if cache_dir is not None else None
-        if key is not None and (hit := load_cached(cache_dir, key)) is not None:  # type: ignore[arg-type]
+        key = None if folder is None else cache_key(spec, settings)
+        if folder is not None and key is not None and (hit := load_cached(folder, key)) is not None:
             return hit
         if volume is None:
             volume = read_volume(spec, spatial_dims, need_label=True, **read)
         prepare_volume(volume, **how)
-        if key is not None:
-            store_cached(cache_dir, key, volume)  # type: ignore[arg-type]
+        if folder is not None and key is not None:
+            store_cached(folder, key, volume)
         return volume
 
-    train = [prepared(spec, volume) for spec, volume in zip(train_specs, raw, strict=True)]
+    train = [prepared(spec, read_first[i] if read_first else None) for i, spec in enumerate(train_specs)]
     val = [prepared(spec, None) for spec in val_specs]
     return PreparedRun(config, plan, train, val)
