@@ -9,6 +9,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from smp3d.cli import main
 from smp3d.training import TrainingError
@@ -382,3 +383,13 @@ def test_prepared_volumes_are_cached_once_and_keyed_by_file_and_settings(tmp_pat
     monkeypatch.undo()
     prepare_run([spec], plan=plan, cache_dir=cache, overrides={"normalize": "none"})  # another setting
     assert len(list(cache.iterdir())) == 2
+
+
+@pytest.mark.parametrize("network", ["plain", "resenc"])
+def test_base_channels_sets_the_planned_widths(network):
+    from smp3d import create_model
+
+    plan = make_plan(fingerprint([(1, 1, 1)], [(16, 16, 16)]), network=network, patch=(16, 16, 16), base_channels=8)
+    with torch.device("meta"):
+        model = create_model(plan.arch, encoder_name=plan.encoder, in_channels=1, classes=2, **plan.model_kwargs)
+    assert model.encoder.out_channels[1:] == (8, 16, 32)
