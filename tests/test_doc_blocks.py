@@ -239,15 +239,11 @@ def run_pages(pages: dict[str, str], tmp_path: Path) -> dict[str, list[str]]:
     return failures
 
 
-@pytest.fixture(scope="module")
-def page_failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+def test_blocks_run_and_print_what_they_say(tmp_path: Path) -> None:
+    """All pages in one subprocess (one torch import; one test, so xdist does not repeat the run per worker)."""
     pages = {str(page.relative_to(ROOT)): page.read_text() for page in _pages_with_blocks()}
-    return run_pages(pages, tmp_path_factory.mktemp("doc-blocks"))
-
-
-@pytest.mark.parametrize("page", _pages_with_blocks(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_blocks_run_and_print_what_they_say(page: Path, page_failures: dict[str, list[str]]) -> None:
-    failures = page_failures[str(page.relative_to(ROOT))]
+    assert "README.md" in pages and "docs/index.md" in pages
+    failures = [f for page_failures in run_pages(pages, tmp_path).values() for f in page_failures]
     assert not failures, "\n\n".join(failures)
 
 
