@@ -71,11 +71,14 @@ def api_pages() -> dict[str, tuple[str, str, str]]:
         else:
             data.append(name)
     modules += [m for m in MODULES if m not in modules]
+    architectures.sort(key=lambda item: item[0].lower())
+    functions.sort(key=lambda item: item[0].lower())
 
     pages: dict[str, tuple[str, str, str]] = {}
     for name, _ in architectures + functions:
         section = "Architectures" if (name, _) in architectures else "smp3d"
-        pages[f"api/smp3d.{name}.md"] = (section, name, f"# smp3d.{name}\n\n::: smp3d.{name}\n")
+        # The object's own heading (h1) is the page title.
+        pages[f"api/smp3d.{name}.md"] = (section, name, f"::: smp3d.{name}\n    options:\n      heading_level: 1\n")
     module_rows = []
     for module_name in modules:
         module = importlib.import_module(module_name)
