@@ -143,16 +143,17 @@ class _Recorder(io.TextIOBase):
 
 def run_payload(path: str) -> None:
     payload = json.loads(Path(path).read_text())
-    # What nearly every block imports, imported once up front so that no block is charged for it.
-    import torch  # noqa: F401
+    if payload["preimport"]:
+        # What nearly every block imports, imported once up front so that no block is charged for it.
+        import torch  # noqa: F401
 
-    import smp3d  # noqa: F401
+        import smp3d  # noqa: F401
 
     results = []
     real_stdout = sys.stdout
     for program in payload["programs"]:
         namespace: dict = {"__name__": "__main__"}
-        workdir = tempfile.mkdtemp(prefix="docblock-")
+        workdir = tempfile.mkdtemp(prefix="docblock-", dir=Path(path).parent)  # removed with the test's tmp_path
         os.chdir(workdir)
         outcome = {"blocks": []}
         for block in program["blocks"]:
@@ -187,13 +188,14 @@ def _pages_with_blocks() -> list[Path]:
     return [page for page in PAGES if extract(page.read_text(), page.name)]
 
 
-def run_pages(pages: dict[str, str], tmp_path: Path) -> dict[str, list[str]]:
+def run_pages(pages: dict[str, str], tmp_path: Path, preimport: bool = True) -> dict[str, list[str]]:
     """Run the programs of the pages ``{name: markdown}`` in one subprocess (torch is imported once);
     ``{name: failures}``, each list empty when the page passes."""
     progs = [program for name, text in pages.items() for program in programs(extract(text, name))]
     payload = {
         "programs": [{"blocks": [asdict(b) for b in p.blocks]} for p in progs],
         "out": str(tmp_path / "out.json"),
+        "preimport": preimport,
     }
     (tmp_path / "payload.json").write_text(json.dumps(payload))
     env = dict(
@@ -278,7 +280,7 @@ def test_checker_catches_wrong_prints_and_errors(tmp_path: Path) -> None:
         ```
         """
     )
-    failures = run_pages({"fake.md": page}, tmp_path)["fake.md"]
+    failures = run_pages({"fake.md": page}, tmp_path, preimport=False)["fake.md"]
     assert len(failures) == 2, failures
     assert "fake.md:6: '# prints: c' but the statement printed 'b'" in failures[0]
     assert "fake.md:17: the block raised" in failures[1] and "NameError" in failures[1]
