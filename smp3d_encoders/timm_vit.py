@@ -210,8 +210,9 @@ class TimmViTEncoder(Encoder):
             raise ConversionError(
                 f"{owner}: the patch embedding overlaps (stride {proj.stride}, kernel {proj.kernel_size})."
             )
+        relative = ("relative_position_bias_table", "rel_pos_h", "rel_pos")
         if getattr(model, "rel_pos_bias", None) is not None or any(
-            getattr(m, "relative_position_bias_table", None) is not None for m in model.modules()
+            getattr(m, name, None) is not None for m in model.modules() for name in relative
         ):
             raise ConversionError(
                 f"{owner} ({kind}): its attention adds relative position bias tables sized to the 2D training "
