@@ -226,6 +226,12 @@ class TimmViTEncoder(Encoder):
                 f"{owner} ({kind}): its rotary position embeddings (EVA-02, RoPE ViTs) are built for timm's 2D "
                 f"token grid; not converted."
             )
+        position = getattr(model, "pos_embed", None)
+        if position is not None and position.ndim != 3:
+            raise ConversionError(
+                f"{owner} ({kind}): its position embedding has shape {tuple(position.shape)}, not timm's token "
+                f"table (1, tokens, channels); not converted."
+            )
         missing = [a for a in ("pos_drop", "norm_pre", "embed_dim") if not hasattr(model, a)]
         if missing:
             raise ConversionError(f"{owner} ({kind}) lacks {missing}, which a plain ViT has; not converted.")
