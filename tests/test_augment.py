@@ -22,6 +22,7 @@ from smp3d.augment import (
     coarse_axis,
     preset,
 )
+from smp3d.augment.spatial import affine_grid
 from smp3d.training import PatchDataset, TrainConfig, TrainingError, Volume
 from smp3d.training.augmentation import build_augment
 from smp3d.training.patches import read_window
@@ -187,6 +188,13 @@ def test_geometry_rotation_mirror_and_scale():
     params = SpatialParameters(double, [0], torch.zeros(1, 2, dtype=torch.bool))
     out, _ = SpatialTransform(2).apply(ramp, None, (4, 4), params)
     torch.testing.assert_close(out[0, 0, 0].diff(), torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7), (9, 4)])
+def test_affine_grid_equals_torchs(shape):
+    theta = torch.randn(3, len(shape), len(shape) + 1, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.affine_grid(theta, [3, 1, *shape], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, shape), expected, atol=1e-6, rtol=0)
 
 
 def test_mirror_only_samples_are_flipped_without_resampling():

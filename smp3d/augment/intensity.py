@@ -149,16 +149,17 @@ def _blur_axis(values: torch.Tensor, sigma: torch.Tensor, axis: int, truncate: f
         return values
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
-    weights = weights / weights.sum(1, keepdim=True)
-    weights = weights.to(device=values.device, dtype=values.dtype)
+    weights = (weights / weights.sum(1, keepdim=True)).tolist()  # host numbers, no device read
     dims = values.dim() - 1
     padding = [0, 0] * dims  # F.pad lists the last axis first, and mirrors all spatial axes or none
     padding[2 * (dims - 1 - axis) : 2 * (dims - axis)] = [radius, radius]
     padded = F.pad(values[None], padding, mode="reflect")[0]
-    shape = (values.shape[0], *(1,) * (values.dim() - 1))
-    result = padded.narrow(axis + 1, 0, size) * weights[:, 0].view(shape)
-    for k in range(1, 2 * radius + 1):
-        result.add_(padded.narrow(axis + 1, k, size) * weights[:, k].view(shape))
+    result = torch.empty_like(values)
+    for row, row_weights in enumerate(weights):
+        source, target = padded[row], result[row]
+        torch.mul(source.narrow(axis, 0, size), row_weights[0], out=target)
+        for k in range(1, 2 * radius + 1):
+            target.add_(source.narrow(axis, k, size), alpha=row_weights[k])
     return result
 
 
@@ -300,12 +301,15 @@ class Gamma(IntensityTransform):
         dims = tuple(range(2, image.dim()))
         low, high = values.amin(dims, keepdim=True), values.amax(dims, keepdim=True)
         spread = high - low
-        result = ((values - low) / spread.clamp_min(_EPSILON)).pow(_per_sample(gammas[samples], values)) * spread + low
+        result = (values - low).div_(spread.clamp_min(_EPSILON)).pow_(_per_sample(gammas[samples], values))
         if self.retain_stats:
-            mean, std = values.mean(dims, keepdim=True), values.std(dims, keepdim=True)
-            new_mean, new_std = result.mean(dims, keepdim=True), result.std(dims, keepdim=True)
-            result = (result - new_mean) * (std / new_std.clamp_min(_EPSILON)) + mean
-        result = -result if self.invert else result
+            # Mapping back to [low, high] and then standardising equals standardising directly.
+            std, mean = torch.std_mean(values, dims, keepdim=True)
+            new_std, new_mean = torch.std_mean(result, dims, keepdim=True)
+            result.sub_(new_mean).mul_(std / new_std.clamp_min(_EPSILON)).add_(mean)
+        else:
+            result.mul_(spread).add_(low)
+        result = result.neg_() if self.invert else result
         return _scatter(image, index, result)
 
 
