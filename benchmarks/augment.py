@@ -187,6 +187,16 @@ def time_batchgenerators(pipeline, image: torch.Tensor, label: torch.Tensor, ste
     return time.perf_counter() - started
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def summary(times: list[float]) -> dict[str, float]:
     return {"mean_s": statistics.fmean(times), "median_s": statistics.median(times), "runs": len(times)}
 
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "augment",
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": args.threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "batch": [args.batch, 1, args.size, args.size, args.size],
