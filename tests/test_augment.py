@@ -22,7 +22,7 @@ from smp3d.augment import (
     coarse_axis,
     preset,
 )
-from smp3d.augment.spatial import affine_grid
+from smp3d.augment.spatial import _theta, affine_grid
 from smp3d.training import PatchDataset, TrainConfig, TrainingError, Volume
 from smp3d.training.augmentation import build_augment
 from smp3d.training.patches import read_window
@@ -195,6 +195,23 @@ def test_affine_grid_equals_torchs(shape):
     theta = torch.randn(3, len(shape), len(shape) + 1, generator=torch.Generator().manual_seed(0))
     expected = torch.nn.functional.affine_grid(theta, [3, 1, *shape], align_corners=False)
     torch.testing.assert_close(affine_grid(theta, shape), expected, atol=1e-6, rtol=0)
+
+
+def test_linear_labels_are_the_argmax_of_resampled_one_hot_channels():
+    spatial = SpatialTransform(3, p_rotation=1.0, p_scaling=1.0, label_mode="linear", classes=4)
+    label = torch.nn.functional.interpolate(torch.rand(2, 1, 4, 4, 4), size=(12, 12, 12), mode="nearest")
+    label = (label[:, 0] * 4).long().clamp(max=3)
+    params = spatial.draw(2, torch.Generator().manual_seed(1))
+    _, moved = spatial.apply(torch.zeros(2, 1, 12, 12, 12), label, (10, 10, 10), params)
+    # The reference: every class's one-hot channel resampled (background padded with 1, so the
+    # outside is background), arg-max taken.
+    grid = affine_grid(_theta(params.matrices, (12, 12, 12), (10, 10, 10), (1, 1, 1)), (10, 10, 10))
+    one_hot = torch.nn.functional.one_hot(label, 4).movedim(-1, 1).float()
+    one_hot[:, 0] -= 1
+    scores = torch.nn.functional.grid_sample(one_hot, grid, align_corners=False)
+    scores[:, 0] += 1
+    expected = scores.argmax(1)
+    assert (moved == expected).float().mean() > 0.999 and moved.dtype == label.dtype
 
 
 def test_mirror_only_samples_are_flipped_without_resampling():

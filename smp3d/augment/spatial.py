@@ -250,16 +250,19 @@ class SpatialTransform:
         if channelled:
             moved = F.grid_sample(source.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             return moved.to(label.dtype) if label.is_floating_point() else (moved >= 0.5).to(label.dtype)
-        # A comparison rather than F.one_hot, which checks the label range on the host (a sync on CUDA).
-        values = torch.arange(int(self.classes or 1), device=label.device).view(1, -1, *(1,) * (label.dim() - 1))
-        one_hot = (label.unsqueeze(1) == values).float()
+        # Foreground channels only: background's score is 1 minus theirs, which also makes the outside
+        # background. A comparison rather than F.one_hot, which checks the label range on the host.
+        values = torch.arange(1, int(self.classes or 1), device=label.device)
+        result = torch.zeros((label.shape[0], *grid.shape[1:-1]), dtype=label.dtype, device=label.device)
+        if values.numel() == 0:
+            return result
+        one_hot = (label.unsqueeze(1) == values.view(1, -1, *(1,) * (label.dim() - 1))).float()
         moved = F.grid_sample(one_hot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # A running comparison: argmax over the channel axis is many times slower on the CPU.
-        best = moved[:, 0]
-        result = torch.zeros(best.shape, dtype=label.dtype, device=label.device)
-        for value in range(1, moved.shape[1]):
-            score = moved[:, value]
-            result = torch.where(score > best, value, result)
+        best = 1.0 - moved.sum(1)
+        for channel in range(moved.shape[1]):
+            score = moved[:, channel]
+            result = torch.where(score > best, channel + 1, result)
             best = torch.maximum(best, score)
         return result
 
@@ -267,7 +270,7 @@ class SpatialTransform:
 def affine_grid(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """``F.affine_grid(theta, (k, 1, *shape), align_corners=False)``, computed as a sum of one
     broadcast term per axis (a few passes over the grid instead of a batched matrix product;
-    several times faster on the CPU, and the same numbers)."""
+    about twice as fast on the CPU, and the same numbers)."""
     k, d = theta.shape[0], len(shape)
     grid = theta.new_empty((k, *shape, d))
     grid.copy_(theta[:, :, d].view(k, *(1,) * d, d).expand_as(grid))
