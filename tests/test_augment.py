@@ -360,3 +360,20 @@ def test_window_is_read_around_the_patch():
     assert read_window(tensor, (5, 5), (2, 2)).abs().sum() == 0
     with pytest.raises(TrainingError, match="window \\(6, 6\\) must have one size per axis"):
         PatchDataset([volume], (8, 8), window=(6, 6))
+
+
+def test_benchmark_script_runs_both_libraries(tmp_path):
+    pytest.importorskip("batchgeneratorsv2")
+    import json
+
+    import repo_scripts
+
+    bench = repo_scripts.load("benchmarks/augment.py")
+    out = tmp_path / "augment.json"
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--size", "16", "--iters", "1", "--cases", "all-on", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets one thread
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["case"] == "all-on" and row["ratio_bg2_over_smp3d"] > 0 and row["smp3d"]["runs"] == 1
