@@ -315,6 +315,8 @@ def test_build_augment_from_the_config():
     augment = build_augment(TrainConfig(patch=(16, 16), spatial_dims=2, flip=(1,)))
     assert augment.patch == (16, 16) and augment.spatial.mirror_axes == (1,) and len(augment.intensity) == 7
     assert build_augment(TrainConfig(patch=(8, 8, 8), augment="none")).is_identity
+    thick = build_augment(TrainConfig(patch=(32, 32, 32), target_spacing=(0.8, 0.8, 4.0)))
+    assert thick.spatial.rotation == (0.0, 0.0, 180.0)  # the planned spacing decides: in-plane only
     assert not build_augment(TrainConfig(patch=(8, 8, 8), augment="flips", flip=False)).spatial.mirror_axes
 
 

@@ -15,13 +15,14 @@ from ..training import (
     Volume,
     activate,
     check_patch_fits_model,
-    normalize,
+    prepare_volume,
     read_trainer_file,
     read_volume,
     resolve_device,
     write_prediction,
 )
 from ..training.errors import TrainingError as CLIError
+from ..training.geometry import resample_image
 from ..training.volumes import ALL_SUFFIXES, stem_of, suffix_of
 from . import show_progress
 
@@ -134,6 +135,20 @@ def predict_volume(
     return probabilities[0]
 
 
+def to_original_grid(probabilities: torch.Tensor, volume: Volume) -> torch.Tensor:
+    """(C, *spatial) probabilities of a resampled ``volume`` brought back (linearly) to its file's shape."""
+    if volume.original_shape is None or tuple(probabilities.shape[1:]) == tuple(volume.original_shape):
+        return probabilities
+    array = resample_image(
+        probabilities.float().cpu().numpy(),
+        volume.original_shape,
+        "linear",
+        spacing=volume.spacing,
+        target_spacing=volume.original_spacing,
+    )
+    return torch.from_numpy(array)
+
+
 def to_labels(probabilities: torch.Tensor, mode: str, threshold: float = 0.5) -> np.ndarray:
     if mode == "multiclass":
         labels = probabilities.argmax(0)
@@ -162,17 +177,26 @@ def run_predict(args: Any) -> int:
         raise CLIError(f"--patch has {len(patch)} sizes but the model is {spatial_dims}D")
     check_patch_fits_model(model, patch)
     how = trainer.get("normalize", "zscore") if args.normalize is None else args.normalize
+    spacing = tuple(args.spacing) if args.spacing else trainer.get("spacing")
+    if spacing is not None and len(spacing) == 1:
+        spacing = tuple(spacing) * spatial_dims
     device = resolve_device(args.device, Dist())
     output_device = torch.device(args.output_device) if args.output_device else None
     model = model.to(device).eval()  # on CUDA the model keeps itself in channels-last (set_channels_last)
     outputs = output_paths(args.input, args.output)
     for spec, out in zip(args.input, outputs, strict=True):
-        volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset)
+        volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset, spacing=spacing)
         if volume.image.shape[0] != model.in_channels:
             raise CLIError(
                 f"{spec}: image has {volume.image.shape[0]} channels but the model expects {model.in_channels}"
             )
-        volume.image = normalize(volume.image, how)
+        prepare_volume(
+            volume,
+            normalization=how,
+            intensity_stats=trainer.get("intensity_stats"),
+            target_spacing=trainer.get("target_spacing"),
+            image_resampling=trainer.get("image_resampling", "linear"),
+        )
         probabilities = predict_volume(
             model,
             volume,
@@ -186,6 +210,8 @@ def run_predict(args: Any) -> int:
             output_device=output_device,
             progress=show_progress(args),
         )
+        # Back onto the input's own grid (its affine is written unchanged).
+        probabilities = to_original_grid(probabilities, volume)
         if args.probabilities:
             array = probabilities.float().cpu().numpy()
         else:

@@ -23,7 +23,7 @@ def build_augment(
         config: the run's configuration (``augment``, ``patch``, ``flip``).
         spatial_dims: 2 or 3 (default: ``config.spatial_dims``).
         spacing: voxel spacing of the (resampled) training data, which decides whether a 3D task
-            rotates in-plane only; default: judged from the patch shape.
+            rotates in-plane only; default: ``config.target_spacing``, else judged from the patch.
         seed: a private seed; default: torch's global generator, which the loop reseeds every
             epoch, so a resumed run augments exactly as the uninterrupted one.
 
@@ -31,6 +31,7 @@ def build_augment(
         The augmentation; read ``augment.input_shape()`` voxels around each patch.
     """
     spatial_dims = config.spatial_dims if spatial_dims is None else spatial_dims
+    spacing = config.target_spacing if spacing is None else spacing
     if config.augment not in AUGMENTATIONS:
         raise TrainingError(f"unknown augmentation {config.augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
     mirror_axes = None if config.flip is True else (() if config.flip is False else tuple(config.flip))
