@@ -7,6 +7,7 @@ from typing import Any
 
 from .base import SegmentationModel
 from .decoders import (
+    DPT,
     FPN,
     PAN,
     UNETR,
@@ -43,6 +44,7 @@ _CLASSES: tuple[type[SegmentationModel], ...] = (
     HRNet,
     NNUNet,
     MedNeXt,
+    DPT,
     SwinUNETR,
     UNETR,
 )

@@ -90,12 +90,12 @@ def build_encoder(
     """The encoder of an ``arch`` model; with ``output_stride`` its deepest strides become dilation
     (per axis, only where its reduction exceeds the target; see :mod:`smp3d.encoders.dilation`).
 
-    A single-scale encoder (attribute ``single_scale = True``: a plain ViT, every feature at the patch
-    size's reduction) is refused unless ``single_scale_ok``: only architectures that build the pyramid
-    themselves (UNETR) take one.
-
     ``deep_supervision`` reaches here only from architectures that do not take it (their decoder has
-    a single resolution level): ``False`` is accepted, ``True`` refused with the reason."""
+    a single resolution level): ``False`` is accepted, ``True`` refused with the reason.
+
+    Single-scale encoders (``encoder.single_scale`` true: every feature at one reduction, as a plain
+    ViT's blocks) are refused with a ValueError unless the architecture builds its own pyramid from
+    them and says so with ``single_scale_ok=True`` (DPT, UNETR)."""
     refuse_deep_supervision(arch, kwargs)
     encoder = get_encoder(
         encoder_name,
@@ -108,9 +108,10 @@ def build_encoder(
     )
     if getattr(encoder, "single_scale", False) and not single_scale_ok:
         raise ValueError(
-            f"{arch} needs a feature pyramid (features at several resolutions), but the encoder {encoder_name!r} is "
-            f"single-scale: every feature has the reduction {tuple(encoder.reductions[-1])}. Use an architecture "
-            f"that builds the pyramid from one resolution (e.g. smp3d.UNETR) or a hierarchical encoder."
+            f"{arch} needs an encoder with a feature pyramid, but {encoder_name!r} is single-scale: every feature "
+            f"is at the reduction {tuple(encoder.reductions[-1])} (a plain ViT: one patch embedding, then blocks "
+            f"at one resolution). Use an architecture that builds the pyramid itself: smp3d.DPT or smp3d.UNETR; or "
+            f"a hierarchical encoder (a CNN, MiT, Swin) with {arch}."
         )
     dilate_encoder(encoder, output_stride, owner=f"{arch}({encoder_name!r})")
     return encoder

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..augment.presets import PRESETS as AUGMENTATIONS
+
 LOSSES = ("ce", "wce", "bce", "dice", "gdl", "focal", "tversky", "lovasz")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "plateau", "constant")
@@ -38,6 +40,9 @@ class TrainConfig:
     patches ``stride`` apart, with it ``iters`` batches of random patches, ``foreground`` of them
     centred on a labelled voxel; ``flip`` is True (every axis), False, or the axes to flip.
     ``normalize`` records how the volumes were normalised (the caller normalises them).
+    ``augment`` names the batched augmentation on the training device (:data:`AUGMENTATIONS`:
+    ``nnunet``, nnU-Net's transform set and probabilities; ``flips``; ``none``), whose mirroring
+    uses the ``flip`` axes; see ``docs/augment.md``.
     Optimisation: ``optimizer`` (:data:`OPTIMIZERS`), ``lr``, ``weight_decay``, ``scheduler``
     (:data:`SCHEDULERS`, cosine per iteration down to ``min_lr``), ``patience`` (validations
     without improvement before stopping), ``validate_every`` (epochs).
@@ -45,6 +50,9 @@ class TrainConfig:
     nothing), ``device`` (auto, cpu, cuda, cuda:N), ``amp`` (bf16 autocast), ``channels_last``
     (None: on CUDA only), ``checkpointing`` (activation checkpointing, :data:`CHECKPOINTING`),
     ``seed``, ``progress`` (progress bars on stderr).
+    Geometry: ``target_spacing``, ``spacing``, ``image_resampling``, ``label_resampling``,
+    ``intensity_stats`` and ``label_map`` say how the volumes were read (``smp3d predict`` reads
+    them to bring its inputs onto the training grid and the predictions back).
     """
 
     arch: str = "unet"
@@ -66,6 +74,7 @@ class TrainConfig:
     foreground: float = 0.33
     flip: bool | tuple[int, ...] = True  # True: every spatial axis; or the axes to flip
     normalize: str = "zscore"
+    augment: str = "nnunet"  # nnunet | flips | none (smp3d.augment presets, on the training device)
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -81,11 +90,25 @@ class TrainConfig:
     checkpointing: str = "none"  # activation checkpointing: none | encoder | decoder | both
     seed: int = 0
     progress: bool = True
+    # Geometry and intensities (smp3d plan, docs/recipe.md): volumes are normalised with ``normalize``
+    # (``ct`` uses ``intensity_stats``, one dict per channel), then resampled to ``target_spacing``
+    # (None: as stored) with ``image_resampling`` / ``label_resampling``; ``spacing`` is the voxel size
+    # of files without a header (HDF5, NumPy); ``label_map`` remaps label values on load.
+    target_spacing: tuple[float, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    image_resampling: str = "linear"  # linear | cubic
+    label_resampling: str = "nearest"  # nearest | onehot
+    intensity_stats: list[dict[str, float]] | None = None
+    label_map: dict[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["patch"] = list(self.patch)
         data["stride"] = list(self.stride) if self.stride else None
+        for key in ("target_spacing", "spacing"):
+            data[key] = None if data[key] is None else list(data[key])
+        if self.label_map is not None:
+            data["label_map"] = {str(k): v for k, v in self.label_map.items()}
         return data
 
 
@@ -96,4 +119,13 @@ def channels_last_for(config: TrainConfig, device: torch.device) -> bool:
     return config.channels_last
 
 
-__all__ = ["CHECKPOINTING", "LOSSES", "MODES", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "channels_last_for"]
+__all__ = [
+    "AUGMENTATIONS",
+    "CHECKPOINTING",
+    "LOSSES",
+    "MODES",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "TrainConfig",
+    "channels_last_for",
+]
