@@ -30,6 +30,8 @@ from typing import NamedTuple
 import architecture_matrix as am
 import torch
 
+import smp3d
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "export.md"
 SIZE = 32
 CLASSES = 2
@@ -140,8 +142,10 @@ def cases() -> list[Case]:
         for dims, paths in ARCH_PATHS.items():
             out += [Case(arch, ARCH_ENCODER, dims, path) for path in paths]
     for encoder in families().values():
+        # a single-scale family (a plain ViT) goes through the architecture that builds its pyramid
+        arch = "UNETR" if smp3d.get_encoder_spec(encoder).extra.get("single_scale") else "Unet"
         for dims, paths in FAMILY_PATHS.items():
-            out += [Case("Unet", encoder, dims, path) for path in paths]
+            out += [Case(arch, encoder, dims, path) for path in paths]
     return list(dict.fromkeys(out))  # Unet(resnet18) is both an architecture and a family case
 
 

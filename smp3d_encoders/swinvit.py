@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from smp3d.encoders import Encoder, EncoderSpec, resolve_strides
 from smp3d.layers import as_tuple, check_spatial_dims, conv
-from smp3d.layers.unetr_blocks import ResidualConvBlock
+from smp3d.layers.unetr_blocks import ResidualConvBlock, channels_to_first, channels_to_last
 
 __all__ = [
     "ENCODERS",
@@ -240,10 +240,9 @@ class WindowAttention(nn.Module):
         if bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu":
             # a mask that needs a gradient sends CPU's SDPA to its math path, whose -inf-safe softmax costs
             # three more passes over the scores: the plain computation is the same math without them
-            scores = torch.baddbmm(bias.expand(batch, -1, -1, -1).flatten(0, 1), (q * self.scale).flatten(0, 1),
-                                   k.flatten(0, 1).transpose(1, 2))  # fmt: skip
-            weights = F.dropout(scores.softmax(-1), dropout, self.training)
-            out = torch.bmm(weights, v.flatten(0, 1)).view(batch, self.heads, n, -1)
+            scores = (q * self.scale) @ k.transpose(-2, -1)
+            scores += bias  # broadcast over the windows; in place: matmul's backward does not read its output
+            out = F.dropout(scores.softmax(-1), dropout, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, n, channels)
@@ -376,7 +375,7 @@ class SwinStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "conv_block"):
             x = self.conv_block(x)
-        x = x.movedim(1, -1)  # (B, *S, C)
+        x = channels_to_last(x)  # (B, *S, C)
         sizes = tuple(x.shape[1:-1])
         window, shift = effective_window(sizes, self.window, self.shift)
         mask = None
@@ -386,7 +385,7 @@ class SwinStage(nn.Module):
         for block in self.blocks:
             x = block(x, window, shift, mask)
         x = self.downsample(x)
-        return x.movedim(-1, 1)
+        return channels_to_first(x)
 
 
 class PatchEmbed(nn.Module):
@@ -410,7 +409,7 @@ class PatchEmbed(nn.Module):
             x = F.pad(x, spec)
         x = self.proj(x)
         if hasattr(self, "norm"):
-            x = self.norm(x.movedim(1, -1)).movedim(-1, 1)
+            x = channels_to_first(self.norm(channels_to_last(x)))
         return x
 
 
@@ -517,10 +516,11 @@ class SwinViTEncoder(Encoder):
             )
         self.apply(_init_weights)
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, x: torch.Tensor, channels: int) -> torch.Tensor:
         if not self.normalize_features:
             return x
-        return F.layer_norm(x.movedim(1, -1), (x.shape[1],)).movedim(-1, 1)
+        # channels from the metadata, not x.shape: a traced size would make the exported shape dynamic
+        return channels_to_first(F.layer_norm(channels_to_last(x), (channels,)))
 
     def stage_modules(self, stage: int) -> list[nn.Module]:
         """Stage 1 is the patch embedding; stage ``i > 1`` the Swin stage ending with its merging."""
@@ -531,10 +531,10 @@ class SwinViTEncoder(Encoder):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [x]
         x = self.pos_drop(self.patch_embed(x))
-        features.append(self._normalize(x))
+        features.append(self._normalize(x, self.out_channels[1]))
         for stage in self.stages:
             x = stage(x)
-            features.append(self._normalize(x))
+            features.append(self._normalize(x, self.out_channels[len(features)]))
         return features
 
 

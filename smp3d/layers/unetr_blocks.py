@@ -126,6 +126,17 @@ def conv_block(
     return cls(in_channels, out_channels, kernel_size, 1, use_norm, spatial_dims)
 
 
+def channels_to_last(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *S)`` -> ``(B, *S, C)`` as a view (positive axes: ONNX's TorchScript exporter mistranslates
+    ``movedim`` with negative ones)."""
+    return x.permute(0, *range(2, x.dim()), 1)
+
+
+def channels_to_first(x: torch.Tensor) -> torch.Tensor:
+    """``(B, *S, C)`` -> ``(B, C, *S)`` as a view."""
+    return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+
+
 def _patch_conv_transpose_forward(x: torch.Tensor, weight: torch.Tensor, scale: tuple[int, ...]) -> torch.Tensor:
     """``conv_transpose(x, weight, stride=scale)`` for a kernel equal to its stride, without bias.
 
@@ -136,9 +147,9 @@ def _patch_conv_transpose_forward(x: torch.Tensor, weight: torch.Tensor, scale: 
     out_channels = weight.shape[1]
     nd = len(sizes)
     # (B, C_in, *S) -> (B * S, C_in): a view when x is channels-last, one copy otherwise
-    tokens = x.movedim(1, -1).reshape(-1, in_channels)
+    tokens = channels_to_last(x).reshape(-1, in_channels)
     # weight (C_in, C_out, *k) -> (C_in, *k, C_out): each token writes its block with channels last
-    y = tokens @ weight.movedim(1, -1).reshape(in_channels, -1)
+    y = tokens @ channels_to_last(weight).reshape(in_channels, -1)
     y = y.view(batch, *sizes, *scale, out_channels)
     # (B, S1..Sn, k1..kn, C) -> (B, S1, k1, ..., Sn, kn, C) -> (B, S1*k1, ..., C), returned as a channels-last view
     order = [0]
@@ -146,7 +157,7 @@ def _patch_conv_transpose_forward(x: torch.Tensor, weight: torch.Tensor, scale: 
         order += [1 + axis, 1 + nd + axis]
     order.append(2 * nd + 1)
     y = y.permute(order).reshape(batch, *(s * k for s, k in zip(sizes, scale, strict=True)), out_channels)
-    return y.movedim(-1, 1)
+    return channels_to_first(y)
 
 
 class PatchConvTranspose(nn.Module):
