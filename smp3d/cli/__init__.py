@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--multilabel", action="store_true", help="targets are (C, *spatial) independent masks")
     model.add_argument(
         "--deep-supervision",
-        action="store_true",
-        help="a head per decoder level, trained with nnU-Net's 1/2**i weights (architectures with decoder levels)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a head per decoder level, trained with nnU-Net's 1/2**i weights "
+        "(default: on when the architecture has decoder levels)",
     )
     model.add_argument(
         "--model-kwargs",
@@ -149,14 +151,45 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="iterations per epoch on random patches (default: one pass over the patch grid)",
     )
-    opt.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adamw")
-    opt.add_argument("--lr", type=float, default=1e-3)
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--min-lr", type=float, default=1e-6)
-    opt.add_argument("--scheduler", choices=("cosine", "plateau", "constant"), default="cosine")
+    opt.add_argument(
+        "--optimizer", choices=("adam", "adamw", "sgd"), default="adamw", help="sgd: Nesterov momentum (nnU-Net's)"
+    )
+    opt.add_argument("--lr", type=float, default=None, help="default: 1e-3 for adam(w), 1e-2 for sgd")
+    opt.add_argument("--weight-decay", type=float, default=None, help="default: 1e-4 for adam(w), 3e-5 for sgd")
+    opt.add_argument("--momentum", type=float, default=0.99, help="sgd's Nesterov momentum")
+    opt.add_argument("--min-lr", type=float, default=1e-6, help="the floor of the cosine schedule")
+    opt.add_argument(
+        "--scheduler",
+        choices=("cosine", "poly", "plateau", "constant"),
+        default="cosine",
+        help="cosine and poly follow the fraction of the run done (iterations, or time with --time-budget)",
+    )
+    opt.add_argument("--poly-exponent", type=float, default=0.9, help="poly schedule: lr * (1 - done) ** exponent")
+    opt.add_argument(
+        "--warmup", type=float, default=0.0, help="fraction of the run with a linear learning-rate warm-up"
+    )
+    opt.add_argument("--grad-clip", type=float, default=None, help="clip the gradients' norm (nnU-Net: 12)")
+    opt.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="train for this long (the schedule follows the time spent; ends with a validation and checkpoint; "
+        "--epochs is then ignored)",
+    )
     opt.add_argument("--patience", type=_positive_int, default=None, help="early stopping: validations without gain")
     opt.add_argument("--validate-every", type=_positive_int, default=1, help="epochs between validations")
     opt.add_argument("--val-overlap", type=_overlap, default=0.5)
+    opt.add_argument(
+        "--folds", type=_positive_int, default=None, help="cross-validation: split the training volumes into FOLDS"
+    )
+    opt.add_argument("--fold", type=int, default=None, help="with --folds: the fold to validate on (0-based)")
+    opt.add_argument(
+        "--splits",
+        type=Path,
+        default=None,
+        help="with --folds: the split file, written once (default: splits.json beside --checkpoint-dir)",
+    )
     run = train.add_argument_group("run")
     run.add_argument("--checkpoint-dir", type=Path, default=None, help="best/, last/, metrics.csv go here")
     run.add_argument(
@@ -171,7 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="delete the run already in --checkpoint-dir and start again"
     )
     run.add_argument("--device", default="auto")
-    run.add_argument("--amp", action="store_true", help="bf16 autocast")
+    run.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        default=False,
+        choices=("bf16", "fp16"),
+        help="mixed precision: bf16 (default) or fp16 (with a gradient scaler)",
+    )
+    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (memory pinned on CUDA)")
+    run.add_argument("--no-plots", action="store_true", help="no progress.png / validation_preview.png")
     run.add_argument(
         "--checkpointing",
         choices=("none", "encoder", "decoder", "both"),
@@ -236,6 +278,8 @@ def _run_train(args: argparse.Namespace) -> int:
         )
 
     train_volumes, val_volumes = load(args.train_path), load(args.val_path)
+    if args.folds is not None or args.fold is not None:
+        train_volumes, val_volumes = _fold(args, train_volumes, val_volumes)
     config = TrainConfig(
         arch=args.arch,
         encoder=args.encoder,
@@ -259,8 +303,17 @@ def _run_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        momentum=args.momentum,
         min_lr=args.min_lr,
         scheduler=args.scheduler,
+        poly_exponent=args.poly_exponent,
+        warmup=args.warmup,
+        grad_clip=args.grad_clip,
+        time_budget=args.time_budget,
+        workers=args.workers,
+        folds=args.folds,
+        fold=args.fold,
+        plots=not args.no_plots,
         patience=args.patience,
         validate_every=args.validate_every,
         val_overlap=args.val_overlap,
@@ -290,6 +343,22 @@ def _run_train(args: argparse.Namespace) -> int:
             summary += f"; checkpoints in {config.checkpoint_dir}"
         print(summary, flush=True)
     return 0
+
+
+def _fold(args: argparse.Namespace, train_volumes: list, val_volumes: list) -> tuple[list, list]:
+    """``--folds K --fold k``: fold k of the training volumes validates, the others train."""
+    from ..training.folds import fold_volumes
+
+    if args.folds is None or args.fold is None:
+        raise CLIError("--folds and --fold go together, e.g. --folds 5 --fold 0")
+    if val_volumes:
+        raise CLIError("--folds takes the validation volumes from --train-path; drop --val-path")
+    splits = args.splits
+    if splits is None:
+        if args.checkpoint_dir is None:
+            raise CLIError("--folds needs --splits FILE or --checkpoint-dir (the splits go beside it)")
+        splits = Path(args.checkpoint_dir).parent / "splits.json"
+    return fold_volumes(train_volumes, args.folds, args.fold, splits, seed=args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
