@@ -224,7 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
 
     predict = sub.add_parser("predict", help="segment images with a saved model")
-    predict.add_argument("--checkpoint", required=True, help="a folder written by smp3d train or save_pretrained")
+    predict.add_argument(
+        "--checkpoint",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="a folder written by smp3d train or save_pretrained; several (e.g. folds) are ensembled",
+    )
     predict.add_argument("--input", nargs="+", required=True, metavar="FILE", help="HDF5 (/raw), NIfTI or .npy images")
     predict.add_argument(
         "--output",
@@ -242,7 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--normalize", choices=NORMALIZATIONS, default=None, help="default: as in training")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--output-device", default=None, help="accumulate the output here (e.g. cpu for huge volumes)")
-    predict.add_argument("--amp", action="store_true", help="bf16 autocast")
+    predict.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        default=False,
+        choices=("bf16", "fp16"),
+        help="mixed precision: bf16 (default; CPU or GPU) or fp16 (GPU); see docs/recipe.md for when it pays",
+    )
+    predict.add_argument(
+        "--tta",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="AXIS",
+        help="test-time mirroring over these spatial axes (0-based; no AXIS: all), averaged",
+    )
+    predict.add_argument(
+        "--keep-largest",
+        action="store_true",
+        help="keep only the largest connected region of each class (the rest becomes background)",
+    )
     predict.add_argument("--no-progress", action="store_true")
     predict.add_argument("--quiet", action="store_true")
     return parser

@@ -201,7 +201,7 @@ class Pace:
         progress: Progress,
         clock: Callable[[], float],
     ) -> None:
-        self.config, self.parts = config, parts
+        self.config, self.parts, self.clock = config, parts, clock
         self.total_steps = max(config.epochs * len(parts.loader), 1)
         self.budget = (
             Budget(config.time_budget * 60, spent=progress.seconds, clock=clock) if config.time_budget else None
@@ -271,12 +271,12 @@ def train_epoch(config: TrainConfig, parts: Parts, epoch: int, progress: Progres
             break
         if fraction_driven:
             parts.scheduler.update(pace.fraction(progress.iteration))
-        started = time.perf_counter()
+        started = pace.clock()
         running += train_step(config, parts, image, label)
         if pace.budget is not None:  # the clock needs the step finished (on a GPU, too)
             if parts.device.type == "cuda":
                 torch.cuda.synchronize(parts.device)
-            seconds = time.perf_counter() - started
+            seconds = pace.clock() - started
             pace.step_seconds = (
                 seconds if steps == 0 and not pace.step_seconds else 0.9 * pace.step_seconds + 0.1 * seconds
             )
