@@ -72,7 +72,7 @@ def predict_probabilities(
     output_device: torch.device | str | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """The mean probabilities of ``models`` over the mirrored copies of ``image``.
+    """The mean probabilities of ``models`` over the mirrored copies of ``image`` (under ``torch.inference_mode``).
 
     Args:
         models: one model or several (e.g. the folds of a cross-validation), in eval mode, each
@@ -89,21 +89,14 @@ def predict_probabilities(
     Returns:
         (B, K, *spatial) float32 probabilities on ``output_device`` (default: the models' device).
     """
-    models = [models] if isinstance(models, nn.Module) else list(models)
-    if not models:
-        raise ValueError("predict_probabilities needs at least one model")
-    spatial_dims = image.dim() - 2
-    flips = mirror_combinations(tta_axes, spatial_dims)
-    total: torch.Tensor | None = None
-    for model in models:
-        wrapped = Probabilities(model, mode)
-        for axes in flips:
-            dims = [a + 2 for a in axes]
-            mirrored = image.flip(dims) if dims else image
-            probabilities = sliding_window_inference(
-                wrapped,
-                mirrored,
-                patch_size,
+    with torch.inference_mode():
+        return _mean_probabilities(
+            [models] if isinstance(models, nn.Module) else list(models),
+            image,
+            patch_size,
+            mode=mode,
+            flips=mirror_combinations(tta_axes, image.dim() - 2),
+            window=dict(
                 overlap=overlap,
                 blend=blend,
                 batch_size=batch_size,
@@ -111,7 +104,20 @@ def predict_probabilities(
                 channels_last=channels_last,
                 output_device=output_device,
                 progress=progress,
-            )
+            ),
+        )
+
+
+def _mean_probabilities(models, image, patch_size, *, mode, flips, window) -> torch.Tensor:
+    if not models:
+        raise ValueError("predict_probabilities needs at least one model")
+    total: torch.Tensor | None = None
+    for model in models:
+        wrapped = Probabilities(model, mode)
+        for axes in flips:
+            dims = [a + 2 for a in axes]
+            mirrored = image.flip(dims) if dims else image
+            probabilities = sliding_window_inference(wrapped, mirrored, patch_size, **window)
             if dims:
                 probabilities = probabilities.flip(dims)
             if total is None:
