@@ -135,3 +135,35 @@ def test_probabilities_file_layout(tmp_path):
     assert image.shape == (5, 6, 7, 3)  # NIfTI: the class is the 4th axis
     np.testing.assert_allclose(image.affine, affine)
     np.testing.assert_array_equal(np.moveaxis(np.asanyarray(image.dataobj), -1, 0), probabilities)
+
+
+def test_predict_cli_ensembles_mirrors_and_cleans(tmp_path, capsys):
+    import smp3d
+    from smp3d.cli import main
+
+    torch.manual_seed(0)
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = smp3d.Unet("resnet18", encoder_depth=3, decoder_channels=(16, 8, 4), in_channels=1, classes=3)
+        folders.append(tmp_path / f"fold{seed}")
+        model.save_pretrained(folders[-1])
+    image = tmp_path / "x.npy"
+    np.save(image, np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32))
+    out = tmp_path / "labels.npy"
+    argv = ["predict", "--checkpoint", *map(str, folders), "--input", str(image), "--output", str(out)]
+    argv += ["--patch", "16", "--tta", "--keep-largest", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    labels = np.load(out)
+    assert labels.shape == (16, 16, 16)
+    for c in np.unique(labels)[1:]:  # one region per class after --keep-largest
+        assert connected_components(labels == c)[1] == 1
+    # Probabilities of the same ensemble, TTA over axis 0 only, keep the (C, *spatial) layout.
+    probabilities = tmp_path / "p.npy"
+    argv = ["predict", "--checkpoint", *map(str, folders), "--input", str(image), "--output", str(probabilities)]
+    argv += ["--patch", "16", "--tta", "0", "--probabilities", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert np.load(probabilities).shape == (3, 16, 16, 16)
+    bad = ["predict", "--checkpoint", str(folders[0]), "--input", str(image), "--output", str(out), "--patch", "16"]
+    assert main([*bad, "--tta", "3"]) == 2
+    assert "out of range" in capsys.readouterr().err
