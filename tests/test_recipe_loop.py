@@ -70,7 +70,7 @@ def test_time_budget_ends_in_time_with_final_validation_and_checkpoint(tmp_path)
     # In time, up to the clock readings after the last one that decided (each reading is a tick here).
     assert 0 < result.seconds <= budget_minutes * 60 + 4 * clock.tick
     last = result.last_metrics
-    assert not math.isnan(last["val_dice"])  # the final epoch was validated
+    assert not math.isnan(last["val_mean_dice_foreground"])  # the final epoch was validated
     trainer = json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())
     assert trainer["epoch"] == result.epochs  # and checkpointed
     # The schedule followed the budget: the last learning rate is close to the end of the cosine.

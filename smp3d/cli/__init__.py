@@ -1,4 +1,9 @@
-"""The ``smp3d`` command line: ``smp3d demo``, ``smp3d train``, ``smp3d predict``.
+"""The ``smp3d`` command line: ``smp3d demo``, ``smp3d train``, ``smp3d predict``, ``smp3d --version``.
+
+``smp3d COMMAND --help`` lists every option with its default. ``smp3d train --config run.yaml``
+reads options from a YAML file (:mod:`.config_file`); options on the command line override it, and
+the run's effective options are saved as ``RUN_DIR/config.yaml``. Progress bars are drawn only
+when stderr is a terminal (``--progress`` / ``--no-progress`` decide otherwise).
 
 ``python -m smp3d ...`` is the same program, so ``torchrun --nproc_per_node N -m smp3d train ...``
 trains with DistributedDataParallel. A user error (a missing file or dataset, mismatched shapes,
@@ -19,7 +24,7 @@ from pathlib import Path
 from ..training.errors import TrainingError as CLIError
 from ..training.volumes import NORMALIZATIONS
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "build_parser", "command_parser", "main", "parse_arguments", "show_progress"]
 
 
 def _positive_int(text: str) -> int:
@@ -59,43 +64,94 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="smp3d", description="2D and 3D segmentation: demo, train, predict.")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,train,predict}", parser_class=_Parser)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help line ends with its default: ``(required)``, ``(default: off)`` for a flag,
+    ``(default: none)`` where nothing is set, or ``(default: VALUE)``; a help text that already
+    says its default keeps its own words."""
 
-    demo = sub.add_parser("demo", help="train on built-in synthetic volumes and segment a held-out one")
-    demo.add_argument("--epochs", type=_positive_int, default=10)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "(default:" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.nargs == 0 and action.default is False:
+            return f"{text} (default: off)"
+        if action.default is None or action.default == []:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+_PROGRESS_HELP = "progress bars on stderr; without them one line per epoch (default: only when stderr is a terminal)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``smp3d`` and its commands ``demo``, ``train`` and ``predict``."""
+    return _build_parser(relaxed=False)
+
+
+def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
+    """``relaxed``: no option required and no ``--help``, to find ``--config`` before the real parse."""
+    from .. import __version__
+
+    parser = _Parser(prog="smp3d", description="2D and 3D segmentation: demo, train, predict.", add_help=not relaxed)
+    parser.add_argument("--version", action="version", version=f"smp3d {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,train,predict}", parser_class=_Parser)
+    required = not relaxed
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter, add_help=not relaxed)
+
+    demo = command("demo", "train on built-in synthetic volumes and segment a held-out one")
+    demo.add_argument("--epochs", type=_positive_int, default=10, help="training epochs")
     demo.add_argument("--iters", type=_positive_int, default=40, help="iterations per epoch")
     demo.add_argument("--size", type=_positive_int, default=64, help="edge of the training volumes")
-    demo.add_argument("--train-volumes", type=_positive_int, default=6)
+    demo.add_argument("--train-volumes", type=_positive_int, default=6, help="how many training volumes to make")
     demo.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
     demo.add_argument("--amp", action="store_true", help="bf16 autocast")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", type=Path, default=None, help="also save checkpoints and the held-out prediction here")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the volumes, the weights and the patches")
+    demo.add_argument(
+        "--out", type=Path, default=None, help="also save checkpoints and the held-out prediction here (default: none)"
+    )
     demo.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=_PROGRESS_HELP)
 
-    train = sub.add_parser("train", help="train a model on HDF5, NIfTI or NumPy volumes")
+    train = command("train", "train a model on HDF5, NIfTI or NumPy volumes")
+    train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help="read options from this YAML file: every option below is a key, without its dashes (train_path, "
+        "epochs, ...); options given on the command line override it; RUN_DIR/config.yaml is such a file "
+        "(default: none)",
+    )
     data = train.add_argument_group("data")
     data.add_argument(
         "--train-path",
         nargs="+",
-        required=True,
+        required=required,
         metavar="PATH",
         help="HDF5 files (/raw, /label), IMAGE,LABEL pairs (.nii, .nii.gz, .npy) or directories",
     )
-    data.add_argument("--val-path", nargs="+", default=[], metavar="PATH", help="validation volumes, same forms")
-    data.add_argument("--raw-dataset", default="raw", help="HDF5 dataset with the image (default /raw)")
-    data.add_argument("--label-dataset", default="label", help="HDF5 dataset with the label (default /label)")
-    data.add_argument("--spatial-dims", type=int, choices=(2, 3), default=3)
+    data.add_argument(
+        "--val-path", nargs="+", default=[], metavar="PATH", help="validation volumes, same forms (default: none)"
+    )
+    data.add_argument("--raw-dataset", default="raw", help="HDF5 dataset with the image")
+    data.add_argument("--label-dataset", default="label", help="HDF5 dataset with the label")
+    data.add_argument(
+        "--spatial-dims", type=int, choices=(2, 3), default=3, help="3: volumes (*, H, W, D); 2: images (*, H, W)"
+    )
     data.add_argument("--normalize", choices=NORMALIZATIONS, default="zscore", help="per-volume intensity scaling")
-    data.add_argument("--patch", type=_positive_int, nargs="+", required=True, help="patch size (one or per axis)")
+    data.add_argument(
+        "--patch", type=_positive_int, nargs="+", required=required, help="patch size in voxels (one, or one per axis)"
+    )
     data.add_argument(
         "--stride",
         type=_positive_int,
         nargs="+",
         default=None,
-        help="grid stride of training patches (default: the patch); ignored with --iters",
+        help="grid stride of training patches; ignored with --iters (default: the patch)",
     )
     data.add_argument(
         "--foreground", type=float, default=0.33, help="with --iters: fraction of patches centred on a labelled voxel"
@@ -115,16 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="unet",
         help="unet, unetplusplus, fpn, deeplabv3plus, nnunet, mednext, ... (smp3d.create_model)",
     )
-    model.add_argument("--encoder", default="resnet18")
-    model.add_argument("--encoder-weights", default=None, help="a tag, a .safetensors file or folder")
-    model.add_argument("--in-channels", type=_positive_int, default=1)
+    model.add_argument("--encoder", default="resnet18", help="encoder name (smp3d.list_encoders(), or tu-<timm model>)")
+    model.add_argument(
+        "--encoder-weights", default=None, help="a tag, a .safetensors file or folder (default: none, random init)"
+    )
+    model.add_argument("--in-channels", type=_positive_int, default=1, help="image channels")
     model.add_argument(
         "--classes",
         type=_positive_int,
-        required=True,
+        required=required,
         help="classes incl. background for class-index labels; channels for (C, *spatial) targets",
     )
-    model.add_argument("--multilabel", action="store_true", help="targets are (C, *spatial) independent masks")
+    model.add_argument(
+        "--multilabel", action="store_true", help="targets are (C, *spatial) independent masks (--classes C)"
+    )
     model.add_argument(
         "--deep-supervision",
         action=argparse.BooleanOptionalAction,
@@ -136,15 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-kwargs",
         type=_json_object,
         default={},
-        help="extra model arguments as JSON, e.g. '{\"encoder_depth\": 4}'",
+        help="extra model arguments as JSON, e.g. '{\"encoder_depth\": 4}' (default: none)",
     )
     opt = train.add_argument_group("optimisation")
     opt.add_argument(
         "--loss", default="ce+dice", help="ce, wce, bce, dice, gdl, focal, tversky, lovasz, or a sum: ce+dice"
     )
-    opt.add_argument("--ignore-index", type=int, default=None)
-    opt.add_argument("--batch-size", type=_positive_int, default=2)
-    opt.add_argument("--epochs", type=_positive_int, default=50)
+    opt.add_argument("--ignore-index", type=int, default=None, help="label value left out of the loss and the metrics")
+    opt.add_argument("--batch-size", type=_positive_int, default=2, help="patches per training step")
+    opt.add_argument("--epochs", type=_positive_int, default=50, help="training epochs")
     opt.add_argument(
         "--iters",
         type=_positive_int,
@@ -177,9 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="train for this long (the schedule follows the time spent; ends with a validation and checkpoint; "
         "--epochs is then ignored)",
     )
-    opt.add_argument("--patience", type=_positive_int, default=None, help="early stopping: validations without gain")
+    opt.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=None,
+        help="early stopping: validations without gain (default: none, never stop early)",
+    )
     opt.add_argument("--validate-every", type=_positive_int, default=1, help="epochs between validations")
-    opt.add_argument("--val-overlap", type=_overlap, default=0.5)
+    opt.add_argument(
+        "--val-overlap", type=_overlap, default=0.5, help="sliding-window overlap of validation, in [0, 1)"
+    )
     opt.add_argument(
         "--folds", type=_positive_int, default=None, help="cross-validation: split the training volumes into FOLDS"
     )
@@ -191,19 +258,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --folds: the split file, written once (default: splits.json beside --checkpoint-dir)",
     )
     run = train.add_argument_group("run")
-    run.add_argument("--checkpoint-dir", type=Path, default=None, help="best/, last/, metrics.csv go here")
+    run.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="run directory: best/, last/, metrics.csv, config.yaml go here (default: none, nothing saved)",
+    )
     run.add_argument(
         "--resume",
         nargs="?",
         const=True,
         default=None,
         metavar="DIR",
-        help="resume from DIR (default: CHECKPOINT_DIR/last)",
+        help="resume from DIR, or CHECKPOINT_DIR/last without DIR (default: start a new run)",
     )
     run.add_argument(
         "--overwrite", action="store_true", help="delete the run already in --checkpoint-dir and start again"
     )
-    run.add_argument("--device", default="auto")
+    run.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
     run.add_argument(
         "--amp",
         nargs="?",
@@ -220,34 +292,47 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="activation checkpointing: recompute these blocks' activations in backward (less memory)",
     )
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--seed", type=int, default=0, help="seed of the weights, patches and flips")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=_PROGRESS_HELP)
 
-    predict = sub.add_parser("predict", help="segment images with a saved model")
+    predict = command("predict", "segment images with a saved model")
     predict.add_argument(
         "--checkpoint",
         nargs="+",
-        required=True,
+        required=required,
         metavar="DIR",
-        help="a folder written by smp3d train or save_pretrained; several (e.g. folds) are ensembled",
+        help="a run directory of smp3d train (its best/ is used), or a folder with config.json and "
+        "model.safetensors (best/, last/, save_pretrained); several (e.g. folds) are ensembled",
     )
-    predict.add_argument("--input", nargs="+", required=True, metavar="FILE", help="HDF5 (/raw), NIfTI or .npy images")
+    predict.add_argument(
+        "--input", nargs="+", required=required, metavar="FILE", help="HDF5 (/raw), NIfTI or .npy images"
+    )
     predict.add_argument(
         "--output",
-        required=True,
+        required=required,
         help="output file (.h5: dataset 'predictions'; .nii/.nii.gz: the input's affine; .npy), "
         "or a directory for several inputs",
     )
-    predict.add_argument("--patch", type=_positive_int, nargs="+", default=None, help="default: the training patch")
-    predict.add_argument("--overlap", type=_overlap, default=0.5)
-    predict.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
+    predict.add_argument(
+        "--patch", type=_positive_int, nargs="+", default=None, help="window size (default: the training patch)"
+    )
+    predict.add_argument("--overlap", type=_overlap, default=0.5, help="sliding-window overlap, in [0, 1)")
+    predict.add_argument(
+        "--blend", choices=("gaussian", "constant"), default="gaussian", help="weighting of overlapping windows"
+    )
     predict.add_argument("--batch-size", type=_positive_int, default=4, help="patches per forward pass")
     predict.add_argument("--probabilities", action="store_true", help="write probabilities instead of labels")
     predict.add_argument("--threshold", type=float, default=0.5, help="binary / multi-label threshold")
     predict.add_argument("--dataset", default="raw", help="HDF5 dataset with the image")
-    predict.add_argument("--normalize", choices=NORMALIZATIONS, default=None, help="default: as in training")
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--output-device", default=None, help="accumulate the output here (e.g. cpu for huge volumes)")
+    predict.add_argument(
+        "--normalize", choices=NORMALIZATIONS, default=None, help="intensity scaling (default: as in training)"
+    )
+    predict.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    predict.add_argument(
+        "--output-device",
+        default=None,
+        help="accumulate the output here, e.g. cpu for huge volumes (default: the --device)",
+    )
     predict.add_argument(
         "--amp",
         nargs="?",
@@ -269,13 +354,54 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep only the largest connected region of each class (the rest becomes background)",
     )
-    predict.add_argument("--no-progress", action="store_true")
-    predict.add_argument("--quiet", action="store_true")
+    predict.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=_PROGRESS_HELP)
+    predict.add_argument("--quiet", action="store_true", help="report written files on stderr instead of stdout")
     return parser
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def show_progress(args: argparse.Namespace) -> bool:
+    """``--progress`` / ``--no-progress`` as given, else progress bars only when stderr is a terminal
+    (carriage-return updates do not belong in log files)."""
+    if args.progress is not None:
+        return bool(args.progress)
+    return sys.stderr.isatty()
+
+
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the command ``name`` (``demo``, ``train``, ``predict``) inside ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``train --config FILE`` the file's options come first, so that the
+    options typed on the command line override them."""
+    if not argv or argv[0] != "train":
+        return parser.parse_args(argv)
+    from .config_file import config_tokens
+
+    relaxed = _build_parser(relaxed=True)  # the same options, none required: which --config was given?
+    config = relaxed.parse_known_args(argv)[0].config
+    if config is None:
+        return parser.parse_args(argv)
+    tokens = config_tokens(config, command_parser(parser, "train"))
+    try:
+        relaxed.parse_args(["train", *tokens])  # the file's own values checked, and named as the file's
+    except CLIError as err:
+        raise CLIError(f"--config {config}: {err}") from None
+    try:
+        return parser.parse_args(["train", *tokens, *argv[1:]])
+    except CLIError as err:
+        if "required" in str(err):
+            raise CLIError(f"{err} (on the command line or as keys of --config {config})") from None
+        raise
+
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..training import TrainConfig, check_run_directory, fit, load_volumes
+    from .config_file import CONFIG_FILE, effective_config, write_config
 
     patch = tuple(args.patch) * args.spatial_dims if len(args.patch) == 1 else tuple(args.patch)
     if len(patch) != args.spatial_dims:
@@ -304,6 +430,10 @@ def _run_train(args: argparse.Namespace) -> int:
         )
 
     train_volumes, val_volumes = load(args.train_path), load(args.val_path)
+    if args.checkpoint_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        # The run's options, file and command line merged: `smp3d train --config RUN_DIR/config.yaml` repeats it.
+        args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        write_config(args.checkpoint_dir / CONFIG_FILE, effective_config(args, command_parser(parser, "train")))
     if args.folds is not None or args.fold is not None:
         train_volumes, val_volumes = _fold(args, train_volumes, val_volumes)
     config = TrainConfig(
@@ -348,7 +478,7 @@ def _run_train(args: argparse.Namespace) -> int:
         amp=args.amp,
         checkpointing=args.checkpointing,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     resume = None
     if args.resume is not None:
@@ -364,9 +494,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         summary = f"done: {result.epochs} epochs, {result.iterations} iterations in {result.seconds:.1f}s"
         if val_volumes:
-            summary += f"; best val_dice {result.best_dice:.4f}"
+            summary += f"; best val_mean_dice_foreground {result.best_dice:.4f}"
         if config.checkpoint_dir:
-            summary += f"; checkpoints in {config.checkpoint_dir}"
+            summary += f"; checkpoints in {config.checkpoint_dir}, options in {args.checkpoint_dir / CONFIG_FILE}"
         print(summary, flush=True)
     return 0
 
@@ -404,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(parser: argparse.ArgumentParser, argv: list[str], prog: str) -> int:
     try:
-        args = parser.parse_args(argv)
+        args = parse_arguments(parser, argv)
         if args.command is None:
             parser.print_help()
             return 2
@@ -413,7 +543,7 @@ def _dispatch(parser: argparse.ArgumentParser, argv: list[str], prog: str) -> in
 
             return run_demo(args)
         if args.command == "train":
-            return _run_train(args)
+            return _run_train(args, parser)
         from .predict import run_predict
 
         return run_predict(args)

@@ -22,17 +22,48 @@ from ..training import (
 )
 from ..training.errors import TrainingError as CLIError
 from ..training.volumes import ALL_SUFFIXES, stem_of, suffix_of
+from . import show_progress
+
+
+def _is_model_folder(directory: Path) -> bool:
+    return (directory / "config.json").exists() and (directory / "model.safetensors").exists()
+
+
+def model_folder(directory: Path) -> Path:
+    """The folder of saved weights that ``--checkpoint directory`` means: ``directory`` itself when it
+    holds ``config.json`` and ``model.safetensors``, else the ``best/`` folder of the run directory
+    ``directory`` (the model with the best ``val_mean_dice_foreground``), which is announced on stderr."""
+    if _is_model_folder(directory):
+        return directory
+    best = directory / "best"
+    if _is_model_folder(best):
+        print(
+            f"--checkpoint {directory} is a run directory: using its best/ (the model with the best "
+            "val_mean_dice_foreground; pass --checkpoint DIR/last for the last epoch's)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return best
+    if _is_model_folder(directory / "last"):
+        raise CLIError(
+            f"--checkpoint {directory}: this run directory has no best/ model yet (no validation improved); "
+            f"use --checkpoint {directory / 'last'}"
+        )
+    raise CLIError(
+        f"--checkpoint {directory}: expected config.json and model.safetensors in it, or a run directory of "
+        "smp3d train (with best/)"
+    )
 
 
 def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model saved in ``directory`` and its training configuration (empty when the folder
-    was written by ``save_pretrained`` rather than ``smp3d train``)."""
+    """The model saved in ``directory`` (or in ``directory/best`` for a run directory, see
+    :func:`model_folder`) and its training configuration (empty when the folder was written by
+    ``save_pretrained`` rather than ``smp3d train``)."""
     from ..base.hub import from_pretrained
 
     if not directory.is_dir():
         raise CLIError(f"--checkpoint {directory}: not a directory (expected a folder written by smp3d train)")
-    if not (directory / "config.json").exists() or not (directory / "model.safetensors").exists():
-        raise CLIError(f"--checkpoint {directory}: expected config.json and model.safetensors in it")
+    directory = model_folder(directory)
     trainer = read_trainer_file(directory) or {}
     try:
         model = from_pretrained(directory)
@@ -136,8 +167,8 @@ def run_predict(args: Any) -> int:
 
     models, trainer = load_ensemble(list(args.checkpoint))
     directory = Path(args.checkpoint[0])
-    model = models[0]
-    spatial_dims = model.spatial_dims
+    model: Any = models[0]  # a SegmentationModel: spatial_dims, segmentation_head, in_channels
+    spatial_dims = int(model.spatial_dims)
     classes = int(getattr(model.segmentation_head[0], "out_channels", trainer.get("classes", 1)))
     mode = trainer.get("mode") or ("binary" if classes == 1 else "multiclass")
     patch = tuple(args.patch) if args.patch else tuple(trainer.get("patch") or ())
@@ -179,7 +210,7 @@ def run_predict(args: Any) -> int:
             device=device,
             amp=args.amp,
             output_device=output_device,
-            progress=not args.no_progress,
+            progress=show_progress(args),
             tta_axes=tta_axes,
         )
         if args.probabilities:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .metric_log import VAL_SCORE
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -51,7 +53,7 @@ def _column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
 
 def write_progress(path: str | os.PathLike, rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> None:
     """Draw ``progress.png`` from the metrics rows (``epoch``, ``train_loss``, ``val_loss``,
-    ``val_dice``, ``dice_<class>``, ``lr``) into ``path``, atomically.
+    ``val_mean_dice_foreground``, ``dice_<class>``, ``lr``) into ``path``, atomically.
 
     Args:
         path: the PNG file to write.
@@ -74,7 +76,7 @@ def write_progress(path: str | os.PathLike, rows: Sequence[dict[str, Any]], clas
         keep = np.isfinite(values)
         if keep.any():
             dice.plot(epochs[keep], values[keep], marker=".", linewidth=1, label=name)
-    mean = _column(rows, "val_dice")
+    mean = _column(rows, VAL_SCORE)
     if np.isfinite(mean).any():
         keep = np.isfinite(mean)
         dice.plot(epochs[keep], mean[keep], "k-", linewidth=2.5, label="mean foreground")

@@ -218,8 +218,9 @@ def check_labels(volumes: list[Volume], mode: str, classes: int) -> None:
         if mode == "multiclass":
             if label.ndim != volume.image.ndim - 1:
                 raise TrainingError(
-                    f"{volume.name}: a multi-class task needs class-index labels (*spatial), got shape "
-                    f"{label.shape}; for (C, *spatial) targets use --loss bce, dice, focal, tversky or gdl"
+                    f"{volume.name}: a multi-class task needs class-index labels (*spatial), got a "
+                    f"{label.ndim}-D label of shape {label.shape}; (C, *spatial) targets are independent masks: "
+                    f"add --multilabel (with --classes {label.shape[0]} and --loss bce, dice, focal, tversky or gdl)"
                 )
             top = int(label.max()) if label.size else 0
             if top >= classes:
@@ -227,8 +228,10 @@ def check_labels(volumes: list[Volume], mode: str, classes: int) -> None:
         else:
             if label.ndim == volume.image.ndim:  # (C, *spatial)
                 if label.shape[0] != classes:
+                    hint = f"; {label.shape[0]} independent masks need --multilabel --classes {label.shape[0]}"
                     raise TrainingError(
                         f"{volume.name}: target has {label.shape[0]} channels but --classes is {classes}"
+                        + (hint if mode == "binary" else "")
                     )
             elif classes != 1:
                 raise TrainingError(
