@@ -214,8 +214,8 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     opt.add_argument(
         "--optimizer", choices=("adam", "adamw", "sgd"), default="adamw", help="sgd: Nesterov momentum (nnU-Net's)"
     )
-    opt.add_argument("--lr", type=float, default=None, help="default: 1e-3 for adam(w), 1e-2 for sgd")
-    opt.add_argument("--weight-decay", type=float, default=None, help="default: 1e-4 for adam(w), 3e-5 for sgd")
+    opt.add_argument("--lr", type=float, default=None, help="initial learning rate (default: 0.001 for adam and adamw, 0.01 for sgd)")
+    opt.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: 1e-4 for adam and adamw, 3e-5 for sgd)")
     opt.add_argument("--momentum", type=float, default=0.99, help="sgd's Nesterov momentum")
     opt.add_argument("--min-lr", type=float, default=1e-6, help="the floor of the cosine schedule")
     opt.add_argument(
@@ -282,7 +282,8 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         const="bf16",
         default=False,
         choices=("bf16", "fp16"),
-        help="mixed precision: bf16 (default) or fp16 (with a gradient scaler)",
+        help="mixed precision: --amp or --amp bf16 for bf16 autocast, --amp fp16 for fp16 with a gradient scaler "
+        "(default: off)",
     )
     run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (memory pinned on CUDA)")
     run.add_argument("--no-plots", action="store_true", help="no progress.png / validation_preview.png")
@@ -339,7 +340,8 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         const="bf16",
         default=False,
         choices=("bf16", "fp16"),
-        help="mixed precision: bf16 (default; CPU or GPU) or fp16 (GPU); see docs/recipe.md for when it pays",
+        help="mixed precision: --amp or --amp bf16 (CPU or GPU), --amp fp16 (GPU); docs/recipe.md says when it "
+        "pays (default: off)",
     )
     predict.add_argument(
         "--tta",
@@ -347,7 +349,7 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         metavar="AXIS",
-        help="test-time mirroring over these spatial axes (0-based; no AXIS: all), averaged",
+        help="test-time mirroring over these spatial axes (0-based; --tta alone: all), averaged (default: off)",
     )
     predict.add_argument(
         "--keep-largest",
