@@ -214,8 +214,12 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     opt.add_argument(
         "--optimizer", choices=("adam", "adamw", "sgd"), default="adamw", help="sgd: Nesterov momentum (nnU-Net's)"
     )
-    opt.add_argument("--lr", type=float, default=None, help="initial learning rate (default: 0.001 for adam and adamw, 0.01 for sgd)")
-    opt.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: 1e-4 for adam and adamw, 3e-5 for sgd)")
+    opt.add_argument(
+        "--lr", type=float, default=None, help="initial learning rate (default: 0.001 for adam and adamw, 0.01 for sgd)"
+    )
+    opt.add_argument(
+        "--weight-decay", type=float, default=None, help="weight decay (default: 1e-4 for adam and adamw, 3e-5 for sgd)"
+    )
     opt.add_argument("--momentum", type=float, default=0.99, help="sgd's Nesterov momentum")
     opt.add_argument("--min-lr", type=float, default=1e-6, help="the floor of the cosine schedule")
     opt.add_argument(
