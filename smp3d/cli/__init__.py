@@ -1,4 +1,5 @@
-"""The ``smp3d`` command line: ``smp3d demo``, ``smp3d train``, ``smp3d predict``, ``smp3d --version``.
+"""The ``smp3d`` command line: ``smp3d demo``, ``smp3d plan``, ``smp3d train``, ``smp3d predict``,
+``smp3d --version``.
 
 ``smp3d COMMAND --help`` lists every option with its default. ``smp3d train --config run.yaml``
 reads options from a YAML file (:mod:`.config_file`); options on the command line override it, and
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from ..training.errors import TrainingError as CLIError
 from ..training.volumes import NORMALIZATIONS
+from .plan import add_data_geometry_arguments, add_plan_parser, add_planning_arguments
 
 __all__ = ["CLIError", "build_parser", "command_parser", "main", "parse_arguments", "show_progress"]
 
@@ -86,7 +88,7 @@ _PROGRESS_HELP = "progress bars on stderr; without them one line per epoch (defa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``smp3d`` and its commands ``demo``, ``train`` and ``predict``."""
+    """The parser of ``smp3d`` and its commands ``demo``, ``plan``, ``train`` and ``predict``."""
     return _build_parser(relaxed=False)
 
 
@@ -94,9 +96,11 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     """``relaxed``: no option required and no ``--help``, to find ``--config`` before the real parse."""
     from .. import __version__
 
-    parser = _Parser(prog="smp3d", description="2D and 3D segmentation: demo, train, predict.", add_help=not relaxed)
+    parser = _Parser(
+        prog="smp3d", description="2D and 3D segmentation: demo, plan, train, predict.", add_help=not relaxed
+    )
     parser.add_argument("--version", action="version", version=f"smp3d {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,train,predict}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{demo,plan,train,predict}", parser_class=_Parser)
     required = not relaxed
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -116,6 +120,8 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=_PROGRESS_HELP)
 
+    add_plan_parser(sub, formatter_class=_HelpFormatter, add_help=not relaxed)
+
     train = command("train", "train a model on HDF5, NIfTI or NumPy volumes")
     train.add_argument(
         "--config",
@@ -125,6 +131,13 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         help="read options from this YAML file: every option below is a key, without its dashes (train_path, "
         "epochs, ...); options given on the command line override it; RUN_DIR/config.yaml is such a file "
         "(default: none)",
+    )
+    train.add_argument(
+        "--plan",
+        default=None,
+        metavar="PLAN.json",
+        help="train with this plan (smp3d plan); flags given override it "
+        "(default: none, the training data is planned now)",
     )
     data = train.add_argument_group("data")
     data.add_argument(
@@ -140,12 +153,21 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     data.add_argument("--raw-dataset", default="raw", help="HDF5 dataset with the image")
     data.add_argument("--label-dataset", default="label", help="HDF5 dataset with the label")
     data.add_argument(
-        "--spatial-dims", type=int, choices=(2, 3), default=3, help="3: volumes (*, H, W, D); 2: images (*, H, W)"
+        "--spatial-dims",
+        type=int,
+        choices=(2, 3),
+        default=None,
+        help="3: volumes (*, H, W, D); 2: images (*, H, W) (default: the plan's, else 3)",
     )
-    data.add_argument("--normalize", choices=NORMALIZATIONS, default="zscore", help="per-volume intensity scaling")
+    data.add_argument("--normalize", choices=NORMALIZATIONS, default=None, help="intensity scaling (default: planned)")
     data.add_argument(
-        "--patch", type=_positive_int, nargs="+", required=required, help="patch size in voxels (one, or one per axis)"
+        "--patch",
+        type=_positive_int,
+        nargs="+",
+        default=None,
+        help="patch size in voxels, one or one per axis (default: planned)",
     )
+    add_data_geometry_arguments(data, cache=True)
     data.add_argument(
         "--stride",
         type=_positive_int,
@@ -168,19 +190,25 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     model = train.add_argument_group("model")
     model.add_argument(
         "--arch",
-        default="unet",
-        help="unet, unetplusplus, fpn, deeplabv3plus, nnunet, mednext, ... (smp3d.create_model)",
+        default=None,
+        help="unet, unetplusplus, fpn, deeplabv3plus, nnunet, mednext, ... (smp3d.create_model; default: planned; "
+        "with --arch, --encoder or --model-kwargs the network is yours: unet, resnet18 for what you leave out)",
     )
-    model.add_argument("--encoder", default="resnet18", help="encoder name (smp3d.list_encoders(), or tu-<timm model>)")
+    model.add_argument(
+        "--encoder",
+        default=None,
+        help="encoder name (smp3d.list_encoders(), or tu-<timm model>) (default: planned; resnet18 with --arch)",
+    )
     model.add_argument(
         "--encoder-weights", default=None, help="a tag, a .safetensors file or folder (default: none, random init)"
     )
-    model.add_argument("--in-channels", type=_positive_int, default=1, help="image channels")
+    model.add_argument("--in-channels", type=_positive_int, default=None, help="image channels (default: the data's)")
     model.add_argument(
         "--classes",
         type=_positive_int,
-        required=required,
-        help="classes incl. background for class-index labels; channels for (C, *spatial) targets",
+        default=None,
+        help="classes incl. background for class-index labels; channels for (C, *spatial) targets "
+        "(default: the data's)",
     )
     model.add_argument(
         "--multilabel", action="store_true", help="targets are (C, *spatial) independent masks (--classes C)"
@@ -195,15 +223,18 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     model.add_argument(
         "--model-kwargs",
         type=_json_object,
-        default={},
+        default=None,
         help="extra model arguments as JSON, e.g. '{\"encoder_depth\": 4}' (default: none)",
     )
+    add_planning_arguments(train.add_argument_group("planning (without --plan)"))
     opt = train.add_argument_group("optimisation")
     opt.add_argument(
         "--loss", default="ce+dice", help="ce, wce, bce, dice, gdl, focal, tversky, lovasz, or a sum: ce+dice"
     )
     opt.add_argument("--ignore-index", type=int, default=None, help="label value left out of the loss and the metrics")
-    opt.add_argument("--batch-size", type=_positive_int, default=2, help="patches per training step")
+    opt.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="patches per training step (default: planned)"
+    )
     opt.add_argument("--epochs", type=_positive_int, default=50, help="training epochs")
     opt.add_argument(
         "--iters",
@@ -330,6 +361,14 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, default=0.5, help="binary / multi-label threshold")
     predict.add_argument("--dataset", default="raw", help="HDF5 dataset with the image")
     predict.add_argument(
+        "--spacing",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="MM",
+        help="voxel size of HDF5/NumPy inputs (default: as in training)",
+    )
+    predict.add_argument(
         "--normalize", choices=NORMALIZATIONS, default=None, help="intensity scaling (default: as in training)"
     )
     predict.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
@@ -374,7 +413,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 
 def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    """The parser of the command ``name`` (``demo``, ``train``, ``predict``) inside ``parser``."""
+    """The parser of the command ``name`` (``demo``, ``plan``, ``train``, ``predict``) inside ``parser``."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return action.choices[name]
@@ -405,63 +444,90 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argpars
         raise
 
 
-def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..training import TrainConfig, check_run_directory, fit, load_volumes
-    from .config_file import CONFIG_FILE, effective_config, write_config
+def _per_axis_ints(values: list[int] | None, spatial_dims: int, flag: str) -> tuple[int, ...] | None:
+    if values is None:
+        return None
+    values = values * spatial_dims if len(values) == 1 else values
+    if len(values) != spatial_dims:
+        raise CLIError(f"{flag} takes 1 or {spatial_dims} sizes, got {len(values)}")
+    return tuple(values)
 
-    patch = tuple(args.patch) * args.spatial_dims if len(args.patch) == 1 else tuple(args.patch)
-    if len(patch) != args.spatial_dims:
-        raise CLIError(f"--patch takes 1 or {args.spatial_dims} sizes, got {len(patch)}")
-    stride = None
-    if args.stride:
-        stride = tuple(args.stride) * args.spatial_dims if len(args.stride) == 1 else tuple(args.stride)
-        if len(stride) != args.spatial_dims:
-            raise CLIError(f"--stride takes 1 or {args.spatial_dims} sizes, got {len(stride)}")
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..training import Dist, TrainConfig, check_run_directory, fit, resolve_device
+    from ..training.plan import write_plan
+    from ..training.prepare import prepare_run
+    from ..training.volumes import parse_label_map
+    from .config_file import CONFIG_FILE, effective_config, write_config
+    from .plan import per_axis, planning_options
+
     if not 0 <= args.foreground <= 1:
         raise CLIError(f"--foreground must be in [0, 1], got {args.foreground}")
-    mode = "multilabel" if args.multilabel else ("binary" if args.classes == 1 else "multiclass")
     if args.resume is True and args.checkpoint_dir is None:
         raise CLIError("--resume without a folder needs --checkpoint-dir (resumes CHECKPOINT_DIR/last)")
-    if args.checkpoint_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if args.checkpoint_dir is not None and main_rank:
         # Before reading the data: an occupied or existing run directory is refused at once.
         check_run_directory(args.checkpoint_dir, resume=args.resume is not None, overwrite=args.overwrite)
-
-    def load(specs: list[str]) -> list:
-        return load_volumes(
-            specs,
-            args.spatial_dims,
-            normalization=args.normalize,
-            raw_key=args.raw_dataset,
-            label_key=args.label_dataset,
-        )
-
-    train_volumes, val_volumes = load(args.train_path), load(args.val_path)
-    if args.checkpoint_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+    plan = args.plan
+    if plan is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.patch is None or args.batch_size is None):
+        # Every process would measure its own trial steps and could settle on different patches.
+        raise CLIError("under torchrun, plan first (smp3d plan DATA -o plan.json) and pass --plan plan.json")
+    kept = args.checkpoint_dir / "plan.json" if args.checkpoint_dir is not None else None
+    if plan is None and args.resume is not None and kept is not None and kept.is_file():
+        plan = kept  # a resumed run keeps its plan rather than measuring again
+    dims = args.spatial_dims or 3
+    overrides = dict(
+        arch=args.arch,
+        encoder=args.encoder,
+        model_kwargs=args.model_kwargs,
+        in_channels=args.in_channels,
+        classes=args.classes,
+        patch=_per_axis_ints(args.patch, dims, "--patch"),
+        batch_size=args.batch_size,
+        normalize=args.normalize,
+        target_spacing=per_axis(args.target_spacing, dims, "--target-spacing"),
+        image_resampling=args.image_resampling,
+        label_resampling=args.label_resampling,
+    )
+    device = resolve_device(args.device, Dist()) if plan is None else None
+    run = prepare_run(
+        args.train_path,
+        args.val_path,
+        plan=plan,
+        overrides=overrides,
+        spatial_dims=args.spatial_dims,
+        spacing=per_axis(args.spacing, dims, "--spacing"),
+        label_map=parse_label_map(args.label_map),
+        raw_key=args.raw_dataset,
+        label_key=args.label_dataset,
+        planning=planning_options(args, dims, device) if plan is None else None,
+        cache_dir=args.cache_dir,
+        log=lambda line: print(line, flush=True) if main_rank else None,
+    )
+    fields = run.config
+    if args.checkpoint_dir is not None and main_rank:
         # The run's options, file and command line merged: `smp3d train --config RUN_DIR/config.yaml` repeats it.
         args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         write_config(args.checkpoint_dir / CONFIG_FILE, effective_config(args, command_parser(parser, "train")))
+    stride = _per_axis_ints(args.stride, fields["spatial_dims"], "--stride")
+    multilabel = args.multilabel or run.plan.multilabel and args.classes is None
+    mode = "multilabel" if multilabel else ("binary" if fields["classes"] == 1 else "multiclass")
+    train_volumes, val_volumes = run.train, run.val
     if args.folds is not None or args.fold is not None:
         train_volumes, val_volumes = _fold(args, train_volumes, val_volumes)
     config = TrainConfig(
-        arch=args.arch,
-        encoder=args.encoder,
-        encoder_weights=args.encoder_weights,
-        model_kwargs=args.model_kwargs,
+        **fields,
         deep_supervision=args.deep_supervision,
-        in_channels=args.in_channels,
-        classes=args.classes,
-        spatial_dims=args.spatial_dims,
+        encoder_weights=args.encoder_weights,
         mode=mode,
         loss=args.loss,
         ignore_index=args.ignore_index,
-        patch=patch,
         stride=stride,
-        batch_size=args.batch_size,
         epochs=args.epochs,
         iters=args.iters,
         foreground=args.foreground,
         flip=False if args.no_flip else (tuple(args.flip_axes) if args.flip_axes else True),
-        normalize=args.normalize,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -486,6 +552,14 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         seed=args.seed,
         progress=show_progress(args),
     )
+    if main_rank:
+        print(
+            f"train: {config.arch} {config.encoder}, patch {list(config.patch)}, batch {config.batch_size}, "
+            f"normalize {config.normalize}, spacing {config.target_spacing}",
+            flush=True,
+        )
+        if kept is not None and plan != kept:
+            write_plan(run.plan, kept)
     resume = None
     if args.resume is not None:
         resume = args.checkpoint_dir / "last" if args.resume is True else Path(args.resume)
@@ -497,7 +571,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         overwrite=args.overwrite,
         log=lambda line: print(line, flush=True),
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         summary = f"done: {result.epochs} epochs, {result.iterations} iterations in {result.seconds:.1f}s"
         if val_volumes:
             summary += f"; best val_mean_dice_foreground {result.best_dice:.4f}"
@@ -527,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     command = argv[0] if argv and not argv[0].startswith("-") else None
-    prog = f"smp3d {command}" if command in ("demo", "train", "predict") else "smp3d"
+    prog = f"smp3d {command}" if command in ("demo", "plan", "train", "predict") else "smp3d"
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
         # A warning on the command line is one line too, e.g. a stale run lock that was taken over.
@@ -548,6 +622,10 @@ def _dispatch(parser: argparse.ArgumentParser, argv: list[str], prog: str) -> in
             from .demo import run_demo
 
             return run_demo(args)
+        if args.command == "plan":
+            from .plan import run_plan
+
+            return run_plan(args)
         if args.command == "train":
             return _run_train(args, parser)
         from .predict import run_predict

@@ -14,13 +14,14 @@ from ..training import (
     Dist,
     Volume,
     check_patch_fits_model,
-    normalize,
+    prepare_volume,
     read_trainer_file,
     read_volume,
     resolve_device,
     write_prediction,
 )
 from ..training.errors import TrainingError as CLIError
+from ..training.geometry import resample_image
 from ..training.volumes import ALL_SUFFIXES, stem_of, suffix_of
 from . import show_progress
 
@@ -126,6 +127,20 @@ def predict_volume(
     return probabilities[0]
 
 
+def to_original_grid(probabilities: torch.Tensor, volume: Volume) -> torch.Tensor:
+    """(C, *spatial) probabilities of a resampled ``volume`` brought back (linearly) to its file's shape."""
+    if volume.original_shape is None or tuple(probabilities.shape[1:]) == tuple(volume.original_shape):
+        return probabilities
+    array = resample_image(
+        probabilities.float().cpu().numpy(),
+        volume.original_shape,
+        "linear",
+        spacing=volume.spacing,
+        target_spacing=volume.original_spacing,
+    )
+    return torch.from_numpy(array)
+
+
 def to_labels(probabilities: torch.Tensor, mode: str, threshold: float = 0.5) -> np.ndarray:
     if mode == "multiclass":
         labels = probabilities.argmax(0)
@@ -188,17 +203,26 @@ def run_predict(args: Any) -> int:
     if args.keep_largest and args.probabilities:
         raise CLIError("--keep-largest cleans label maps; it cannot be combined with --probabilities")
     how = trainer.get("normalize", "zscore") if args.normalize is None else args.normalize
+    spacing = tuple(args.spacing) if args.spacing else trainer.get("spacing")
+    if spacing is not None and len(spacing) == 1:
+        spacing = tuple(spacing) * spatial_dims
     device = resolve_device(args.device, Dist())
     output_device = torch.device(args.output_device) if args.output_device else None
     models = [m.to(device).eval() for m in models]  # on CUDA a model keeps itself in channels-last
     outputs = output_paths(args.input, args.output)
     for spec, out in zip(args.input, outputs, strict=True):
-        volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset)
+        volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset, spacing=spacing)
         if volume.image.shape[0] != model.in_channels:
             raise CLIError(
                 f"{spec}: image has {volume.image.shape[0]} channels but the model expects {model.in_channels}"
             )
-        volume.image = normalize(volume.image, how)
+        prepare_volume(
+            volume,
+            normalization=how,
+            intensity_stats=trainer.get("intensity_stats"),
+            target_spacing=trainer.get("target_spacing"),
+            image_resampling=trainer.get("image_resampling", "linear"),
+        )
         probabilities = predict_volume(
             models,
             volume,
@@ -213,6 +237,8 @@ def run_predict(args: Any) -> int:
             progress=show_progress(args),
             tta_axes=tta_axes,
         )
+        # Back onto the input's own grid (its affine is written unchanged).
+        probabilities = to_original_grid(probabilities, volume)
         if args.probabilities:
             array = probabilities.float().cpu().numpy()
         else:
