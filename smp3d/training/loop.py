@@ -229,11 +229,6 @@ class Pace:
         done = not self.budget.allows(self.step_seconds + self.reserve())
         return bool(share_from_main(self.parts.dist_info, done))
 
-    def more_epochs(self, epoch: int) -> bool:
-        if self.budget is not None:
-            return not self.out_of_time()
-        return epoch < self.config.epochs
-
 
 def _windows(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> int:
     count = 1
