@@ -3,10 +3,10 @@
 Variants, each given ``--minutes`` of training on one CPU thread (or the device given):
 
 (a) ``recipe``: smp3d's recipe: the ``nnunet`` architecture (residual encoder, InstanceNorm, deep
-    supervision on), SGD with Nesterov momentum and a poly schedule driven by the time budget,
-    gradient clipping at 12 (see :data:`smp3d.training.schedule.NNUNET_OPTIMISATION`) and a
-    network sized for the compute (``--recipe-features``); when ``smp3d.training.plan`` is
-    installed the patch and network come from its plan instead.
+    supervision on) sized for a CPU (``--recipe-features``, one block per stage, a stride-2 first
+    stage), a poly schedule driven by the time budget, gradient clipping at 12 (see
+    :data:`smp3d.training.schedule.NNUNET_OPTIMISATION`), with AdamW 3e-3 (default) or nnU-Net's
+    SGD (``--recipe-optimizer sgd``). The patch and network are set here, not by ``smp3d plan``.
 (b) ``defaults``: yesterday's ``smp3d train`` defaults: Unet(resnet18), AdamW 1e-3 with cosine
     decay, random flips, the fixed patch, no deep supervision (the same time budget).
 (c) ``monai``: the script a MONAI user writes: ``monai.networks.nets.UNet`` (channels 16-256,
@@ -281,7 +281,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: variants side by side are fair)")
     parser.add_argument("--iters", type=int, default=50, help="smp3d: iterations per epoch (the budget ends the run)")
     parser.add_argument("--recipe-features", type=int, default=16, help="(a): width of the first stage")
-    parser.add_argument("--recipe-optimizer", choices=("sgd", "adamw"), default="sgd")
+    parser.add_argument(
+        "--recipe-optimizer",
+        choices=("sgd", "adamw"),
+        default="adamw",
+        help="(a): AdamW 3e-3 with the poly schedule, or nnU-Net's SGD (momentum 0.99 needs many steps)",
+    )
     parser.add_argument("--recipe-stem-stride", type=int, choices=(1, 2), default=2, help="(a): first stage's stride")
     parser.add_argument("--recipe-lr", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
