@@ -125,7 +125,7 @@ def smp3d_config(task: dict, variant: str, minutes: float, args: argparse.Namesp
         seed=args.seed,
     )
     if variant == "defaults":
-        return TrainConfig(arch="unet", encoder="resnet18", deep_supervision=False, **common)
+        return TrainConfig(arch="unet", encoder="resnet18", deep_supervision=False, augment="flips", **common)
     # Sized for a CPU: one residual block per stage and a stride-2 first stage (as MONAI's UNet and the
     # ResNet stems do): nnU-Net's full-resolution first stage costs ~7x the step time on one CPU thread.
     depth = 5
@@ -140,6 +140,7 @@ def smp3d_config(task: dict, variant: str, minutes: float, args: argparse.Namesp
             "strides": [2, 2, 2, 2, 1] if args.recipe_stem_stride == 2 else [1, 2, 2, 2, 2],
         },
         deep_supervision=None,
+        augment=args.recipe_augment,
         **common,
     )
     config = replace(config, **NNUNET_OPTIMISATION)
@@ -289,6 +290,9 @@ def main() -> None:
     )
     parser.add_argument("--recipe-stem-stride", type=int, choices=(1, 2), default=2, help="(a): first stage's stride")
     parser.add_argument("--recipe-lr", type=float, default=None)
+    parser.add_argument(
+        "--recipe-augment", default="nnunet", help="(a): the augmentation preset (smp3d.augment; flips, none)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

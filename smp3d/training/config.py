@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..augment.presets import PRESETS as AUGMENTATIONS
+
 LOSSES = ("ce", "wce", "bce", "dice", "gdl", "focal", "tversky", "lovasz")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "plateau", "constant")
@@ -38,13 +40,16 @@ class TrainConfig:
     patches ``stride`` apart, with it ``iters`` batches of random patches, ``foreground`` of them
     centred on a labelled voxel; ``flip`` is True (every axis), False, or the axes to flip.
     ``normalize`` records how the volumes were normalised (the caller normalises them).
+    ``augment`` names the batched augmentation on the training device (:data:`AUGMENTATIONS`:
+    ``nnunet``, nnU-Net's transform set and probabilities; ``flips``; ``none``), whose mirroring
+    uses the ``flip`` axes; see ``docs/augment.md``.
     Optimisation: ``optimizer`` (:data:`OPTIMIZERS`; ``momentum`` is SGD's Nesterov momentum),
     ``lr`` and ``weight_decay`` (None: the optimiser's default, 1e-3/1e-4 for Adam(W), 1e-2/3e-5 for
     SGD), ``scheduler`` (:data:`SCHEDULERS`: cosine down to ``min_lr`` or poly with ``poly_exponent``,
     both following the fraction of the run done; see :mod:`.schedule`), ``warmup`` (fraction of the
     run with a linear warm-up), ``grad_clip`` (max gradient norm; nnU-Net uses 12), ``time_budget``
-    (minutes: the run ends in time, with a final validation and checkpoint; ``epochs`` then only
-    bounds it), ``patience`` (validations without improvement before stopping), ``validate_every``
+    (minutes: the run ends in time, with a final validation and checkpoint; ``epochs`` is then
+    ignored), ``patience`` (validations without improvement before stopping), ``validate_every``
     (epochs). ``folds``/``fold`` record the cross-validation split (see :mod:`.folds`).
     Run: ``checkpoint_dir`` (the run directory, see ``docs/reliability.md``; None saves
     nothing), ``device`` (auto, cpu, cuda, cuda:N), ``amp`` (``"bf16"``/True or ``"fp16"`` autocast; fp16
@@ -76,6 +81,7 @@ class TrainConfig:
     foreground: float = 0.33
     flip: bool | tuple[int, ...] = True  # True: every spatial axis; or the axes to flip
     normalize: str = "zscore"
+    augment: str = "nnunet"  # nnunet | flips | none (smp3d.augment presets, on the training device)
     optimizer: str = "adamw"
     lr: float | None = None  # None: the optimiser's default (schedule.OPTIMIZER_DEFAULTS)
     weight_decay: float | None = None
@@ -131,4 +137,13 @@ def channels_last_for(config: TrainConfig, device: torch.device) -> bool:
     return config.channels_last
 
 
-__all__ = ["CHECKPOINTING", "LOSSES", "MODES", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "channels_last_for"]
+__all__ = [
+    "AUGMENTATIONS",
+    "CHECKPOINTING",
+    "LOSSES",
+    "MODES",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "TrainConfig",
+    "channels_last_for",
+]

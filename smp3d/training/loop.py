@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .augmentation import build_augment
 from .build import build_loss, build_model, build_optimizer, build_scheduler, deep_supervision_loss
 from .checkpoints import Progress, checkpoint_files, load_training_state, model_card_files, pause_point
 from .config import CHECKPOINTING, MODES, TrainConfig, channels_last_for
@@ -74,6 +75,7 @@ class Parts:
     scaler: torch.amp.GradScaler | None  # fp16 only
     device: torch.device
     dist_info: Dist
+    augment: Any = None  # smp3d.augment.Augment: applied to each batch on the device
 
 
 def check_inputs(config: TrainConfig, train_volumes: list[Volume], val_volumes: list[Volume]) -> nn.Module:
@@ -103,14 +105,16 @@ def build_parts(
     model.set_channels_last(channels_last_for(config, device))  # the run's choice, not only the CUDA default
     model.set_checkpointing(**CHECKPOINTING[config.checkpointing])
     model = model.to(device)
+    augment = build_augment(config)
     dataset = PatchDataset(
         train_volumes,
         config.patch,
         config.stride,
         samples=None if config.iters is None else config.iters * config.batch_size * dist_info.world,
         foreground=config.foreground,
-        flip=config.flip,
+        flip=False,  # the augmentation mirrors, on the device
         seed=config.seed,
+        window=augment.input_shape(),
     )
     if len(dataset) < config.batch_size * dist_info.world:
         raise TrainingError(
@@ -154,6 +158,7 @@ def build_parts(
         grad_scaler(device, config.amp),
         device,
         dist_info,
+        augment,
     )
 
 
@@ -166,6 +171,8 @@ def train_step(config: TrainConfig, parts: Parts, image: torch.Tensor, label: to
     """One optimiser step on a batch (image (B, C, *patch), label as the loader gives it); return the loss."""
     image = image.to(parts.device, non_blocking=True)  # the model converts it to its layout once
     label = label.to(parts.device, non_blocking=True)
+    if parts.augment is not None:  # batched augmentation on the device (smp3d.augment)
+        image, label = parts.augment(image, label)
     target = to_target(label, config.mode)
     with autocast_context(parts.device, config.amp):
         logits = parts.train_model(image)
