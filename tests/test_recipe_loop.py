@@ -191,3 +191,22 @@ def test_progress_and_preview_pictures_are_written(tmp_path):
     for name in ("progress.png", "validation_preview.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(run.glob(".*.png"))  # no temporary file left behind
+
+
+def test_cli_folds_write_the_split_beside_the_runs(tmp_path, capsys):
+    from smp3d.cli import main
+
+    pairs = []
+    for i, volume in enumerate(volumes(3)):
+        np.save(tmp_path / f"x{i}.npy", volume.image[0])
+        np.save(tmp_path / f"y{i}.npy", volume.label.astype(np.uint8))
+        pairs.append(f"{tmp_path / f'x{i}.npy'},{tmp_path / f'y{i}.npy'}")
+    common = ["train", "--train-path", *pairs, "--spatial-dims", "2", "--classes", "3", "--patch", "16"]
+    common += ["--iters", "1", "--epochs", "1", "--device", "cpu", "--no-progress", "--no-plots"]
+    common += ["--model-kwargs", json.dumps(MODEL)]
+    assert main([*common, "--folds", "3", "--fold", "2", "--checkpoint-dir", str(tmp_path / "runs/f2")]) == 0
+    splits = json.loads((tmp_path / "runs/splits.json").read_text())
+    trainer = json.loads((tmp_path / "runs/f2/last/trainer.json").read_text())
+    assert len(splits) == 3 and trainer["config"]["fold"] == 2
+    assert main([*common, "--folds", "3", "--fold", "0", "--val-path", pairs[0]]) == 2
+    assert "drop --val-path" in capsys.readouterr().err

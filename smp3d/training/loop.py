@@ -516,13 +516,15 @@ def fit(
                 if stop:
                     best = f"best {VAL_SCORE} {progress.best:.4f}"
                     log(f"early stopping: no improvement in {progress.stale} validations ({best})")
+            epoch += 1
+            if stop or last:
+                break
             if pace.budget is not None:  # every rank learns how long rank 0's validation and checkpoint took
                 validated, seconds = share_from_main(dist_info, (metrics is not None, clock() - end_started))  # type: ignore[misc]
                 if validated or not val_volumes:
                     pace.end_seconds = max(pace.end_seconds or 0.0, seconds)
-            epoch += 1
-            if stop or last:
-                break
+                    if pace.out_of_time():  # this epoch's validation and checkpoint are the final ones
+                        break
     finally:
         recorder.close()
     seconds = clock() - session_started
