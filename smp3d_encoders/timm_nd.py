@@ -43,7 +43,10 @@ from torch.overrides import TorchFunctionMode
 
 from smp3d.encoders.inflate import inflate_kernel
 
-from .timm_attention import ATTENTION_MIXINS
+from .timm_attention import ATTENTION_MIXINS as _WINDOW_MIXINS
+from .timm_attention_families import FAMILY_MIXINS
+
+ATTENTION_MIXINS: dict[str, type] = {**_WINDOW_MIXINS, **FAMILY_MIXINS}
 
 _ATTENTION_CLASSES = tuple(ATTENTION_MIXINS.values())
 
@@ -497,6 +500,7 @@ class SpatialNdMode(TorchFunctionMode):
             F.dropout2d: lambda x, *a, **k: F.dropout3d(x, *a, **k),
             F.pad: self._pad,
             F.interpolate: self._interpolate,
+            F.avg_pool3d: self._avg_pool3d,
         }
         for name in ("_adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
             fn = getattr(F, name, None)
@@ -556,6 +560,21 @@ class SpatialNdMode(TorchFunctionMode):
             return fn3d(x, *args, **kwargs)
 
         return rewrite
+
+    def _avg_pool3d(self, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor=None):
+        """torch's 3D average pool refuses an axis shorter than its kernel even where the padding covers it
+        (its 2D pool takes it): such an input is padded here first, with the same divisor."""
+        kernel = extend(kernel_size, 3, 1)
+        if x.ndim != 5 or all(s >= k for s, k in zip(x.shape[2:], kernel, strict=True)):
+            return NotImplemented
+        stride = extend(stride if stride else kernel_size, 3, 1)
+        pad = extend(padding, 3, 0)
+        pads = [p for p in reversed(pad) for _ in range(2)]
+        out = F.avg_pool3d(F.pad(x, pads), kernel, stride, 0, ceil_mode, True, divisor)
+        if not count_include_pad and divisor is None and any(pad):
+            ones = F.pad(torch.ones_like(x[:1, :1]), pads)
+            out = out / F.avg_pool3d(ones, kernel, stride, 0, ceil_mode, True, None)  # sum / prod(kernel) -> sum / count
+        return out
 
     def _adaptive(self, fn3d: Callable) -> Callable:
         def rewrite(x, output_size, *args, **kwargs):

@@ -1,0 +1,50 @@
+"""More timm attention families as ``tu-`` encoders in 3D: a small 3D forward and the inflation proof."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import smp3d
+from weights_tools.verify import depth_stride_one, inflation_report
+
+timm = pytest.importorskip("timm")
+
+# The smallest model of each family, the encoder depth that reaches its attention blocks, and the image
+# size of the proof (large enough for every stage to keep at least one token).
+FAMILIES = {
+    "efficientformer_l1": (5, 64),  # global attention with a LeViT bias in the last stage (2 x 2 tokens)
+    "swiftformer_xs": (5, 64),  # additive attention
+    "edgenext_xx_small": (4, 32),  # split depthwise convolutions, cross-covariance attention, Fourier positions
+}
+
+
+def _tu(name: str, **kwargs) -> torch.nn.Module:
+    return smp3d.get_encoder(f"tu-{name}", **kwargs)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_3d_forward_gives_every_feature(name: str) -> None:
+    depth, size = FAMILIES[name]
+    torch.manual_seed(0)
+    encoder = _tu(name, spatial_dims=3, depth=depth, in_channels=1).eval()
+    x = torch.randn(1, 1, size, size, 16)
+    with torch.no_grad():
+        features = encoder(x)
+    assert len(features) == depth + 1
+    for f, red, c in zip(features[1:], encoder.reductions[1:], encoder.out_channels[1:], strict=True):
+        assert tuple(f.shape[:2]) == (1, c)
+        assert tuple(f.shape[2:]) == tuple(-(-s // r) for s, r in zip(x.shape[2:], red, strict=True))
+        assert bool(torch.isfinite(f).all())
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_depth_constant_volume_gives_the_2d_features(name: str) -> None:
+    """Random timm-shaped 2D weights inflated; every depth slice of every feature equals the 2D feature."""
+    depth, size = FAMILIES[name]
+    torch.manual_seed(0)
+    encoder_2d = _tu(name, spatial_dims=2, depth=depth).eval()
+    encoder_3d = _tu(name, spatial_dims=3, depth=depth, strides=depth_stride_one(depth))
+    image = torch.randn(1, 3, size, size)
+    report = inflation_report(encoder_2d, encoder_3d, image=image, depth=2, mode="i3d", dtype=torch.float64)
+    assert report.max_rel < 1e-5, report
