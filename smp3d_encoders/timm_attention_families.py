@@ -186,10 +186,203 @@ class _SplitTransposeBlockNd:
         return shortcut + self.drop_path(x.movedim(-1, 1))
 
 
+# -- shared helpers -------------------------------------------------------------------------------------
+
+
+def _grid_coords(sizes: Sequence[int], device: torch.device, step: int = 1) -> torch.Tensor:
+    """``(2, N)`` (height, width) coordinates of the ``N = prod(sizes)`` tokens of an N-D grid (row-major)."""
+    axes = [torch.arange(s, device=device) * step for s in sizes]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[:2].flatten(1)
+
+
+def offset_bias(
+    biases: torch.Tensor,
+    resolution: Sequence[int],
+    q_sizes: Sequence[int],
+    k_sizes: Sequence[int] | None = None,
+    q_step: int = 1,
+) -> torch.Tensor:
+    """``(heads, Nq, Nk)`` LeViT-style bias between an N-D query grid and an N-D key grid.
+
+    ``biases`` ``(heads, rh * rw)`` hold one entry per absolute (height, width) offset, as in LeViT,
+    EfficientFormer and EfficientViT (MSRA); query ``i`` sits at ``q_step * i`` of the key grid. Offsets
+    along added axes share their (height, width) entry (the 2D table copied along them); offsets beyond
+    the table interpolate it (bilinear, offset 0 kept).
+    """
+    k_sizes = tuple(q_sizes) if k_sizes is None else tuple(k_sizes)
+    rows, cols = int(resolution[0]), int(resolution[1])
+    table = biases.reshape(biases.shape[0], rows, cols)
+    q = _grid_coords(q_sizes, biases.device, q_step)
+    k = _grid_coords(k_sizes, biases.device)
+    offsets = (q[:, :, None] - k[:, None, :]).abs()
+    # the largest offset along an axis, from the sizes (no data-dependent read)
+    need = (
+        max(rows, k_sizes[0], (q_sizes[0] - 1) * q_step + 1),
+        max(cols, k_sizes[1], (q_sizes[1] - 1) * q_step + 1),
+    )
+    if need != (rows, cols):
+        table = F.interpolate(table.unsqueeze(0), size=need, mode="bilinear", align_corners=True)[0]
+    return table[:, offsets[0], offsets[1]]
+
+
+def _pointwise(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution (2D or converted) applied over the channels of a tensor of any rank (talking heads)."""
+    weight = conv.weight.reshape(conv.weight.shape[0], conv.weight.shape[1])
+    return F.linear(x.movedim(1, -1), weight, conv.bias).movedim(-1, 1)
+
+
+def _resize_to(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
+    return F.interpolate(x, size=tuple(sizes), mode=mode, align_corners=False)
+
+
+def _crop_map(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """The first ``sizes`` entries of each spatial axis of a channels-first map."""
+    if tuple(x.shape[2:]) == tuple(sizes):
+        return x
+    return x[(slice(None), slice(None), *(slice(0, s) for s in sizes))]
+
+
+def _pad_end(x: torch.Tensor, multiples: Sequence[int]) -> torch.Tensor:
+    """Zero-pad each spatial axis of a channels-first map at its end to a multiple."""
+    pads: list[int] = []
+    for size, m in reversed(list(zip(x.shape[2:], multiples, strict=True))):
+        pads += [0, (m - size % m) % m]
+    return F.pad(x, pads) if any(pads) else x
+
+
+# -- EfficientFormer V2 ---------------------------------------------------------------------------------
+
+
+class _EfficientFormerV2AttentionNd:
+    """EfficientFormer V2's attention (optionally on a strided grid, upsampled back) for any grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, in_sizes = x.shape[0], tuple(x.shape[2:])
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        sizes = tuple(x.shape[2:])
+        q = self.q(x).reshape(batch, self.num_heads, -1, math.prod(sizes)).transpose(2, 3)
+        k = self.k(x).reshape(batch, self.num_heads, -1, math.prod(sizes))
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(batch, self.num_heads, -1, math.prod(sizes)).transpose(2, 3)
+        attn = (q @ k) * self.scale + offset_bias(self.attention_biases, self.resolution, sizes)
+        attn = _pointwise(self.talking_head2, _pointwise(self.talking_head1, attn).softmax(dim=-1))
+        x = (attn @ v).transpose(2, 3).reshape(batch, self.dh, *sizes) + v_local
+        if self.upsample is not None:
+            x = _resize_to(x, in_sizes)
+        return self.proj(self.act(x))
+
+
+class _EfficientFormerV2AttentionDownsampleNd:
+    """EfficientFormer V2's downsampling attention: queries on the grid of stride 2, keys on the input grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        q = self.q(x)
+        q_sizes = tuple(q.shape[2:])
+        q = q.reshape(batch, self.num_heads, -1, math.prod(q_sizes)).transpose(2, 3)
+        k = self.k(x).reshape(batch, self.num_heads, -1, math.prod(sizes))
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(batch, self.num_heads, -1, math.prod(sizes)).transpose(2, 3)
+        bias = offset_bias(self.attention_biases, self.resolution, q_sizes, sizes, q_step=2)
+        attn = ((q @ k) * self.scale + bias).softmax(dim=-1)
+        x = (attn @ v).transpose(2, 3).reshape(batch, self.dh, *q_sizes) + v_local
+        return self.proj(self.act(x))
+
+
+# -- EfficientViT (MSRA) -----------------------------------------------------------------------------------
+
+
+class _CascadedGroupAttentionNd:
+    """EfficientViT (MSRA)'s cascaded group attention on an N-D window (LeViT bias copied along added axes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        feats_in = x.chunk(len(self.qkvs), dim=1)
+        bias = offset_bias(self.attention_biases, (self.resolution,) * 2, sizes)
+        outs = []
+        feat = feats_in[0]
+        for head, (qkv, dws) in enumerate(zip(self.qkvs, self.dws, strict=True)):
+            if head > 0:
+                feat = feat + feats_in[head]
+            q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            q, k, v = dws(q).flatten(2), k.flatten(2), v.flatten(2)
+            attn = ((q * self.scale).transpose(-2, -1) @ k + bias[head]).softmax(dim=-1)
+            feat = (v @ attn.transpose(-2, -1)).reshape(batch, self.val_dim, *sizes)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, 1))
+
+
+class _LocalWindowAttentionNd:
+    """EfficientViT (MSRA)'s window attention: timm's window along height and width (padded as timm pads),
+    ``min(window, size)`` along added axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .timm_attention import window_partition, window_reverse
+
+        batch, channels, sizes = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        ws = self.attn.resolution
+        window = (ws, ws) + tuple(min(ws, s) for s in sizes[2:])
+        if sizes == window:
+            return self.attn(x)
+        x = _pad_end(x, window)
+        padded = tuple(x.shape[2:])
+        windows = window_partition(x.movedim(1, -1), window).movedim(-1, 1)
+        windows = self.attn(windows).movedim(1, -1)
+        x = window_reverse(windows, window, padded).movedim(-1, 1)
+        return _crop_map(x, sizes).contiguous()
+
+
+# -- SHViT ----------------------------------------------------------------------------------------------
+
+
+class _ShsaNd:
+    """SHViT's single-head attention on a part of the channels, over every spatial axis."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        x1, x2 = torch.split(x, [self.pdim, self.dim - self.pdim], dim=1)
+        q, k, v = torch.split(self.qkv(self.pre_norm(x1)), [self.qk_dim, self.qk_dim, self.pdim], dim=1)
+        q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
+        attn = ((q.transpose(-2, -1) @ k) * self.scale).softmax(dim=-1)
+        x1 = (v @ attn.transpose(-2, -1)).reshape(batch, self.pdim, *sizes)
+        return self.proj(torch.cat([x1, x2], dim=1))
+
+
+# -- LowFormer, CPUBone --------------------------------------------------------------------------------
+
+
+class _ConvAttentionNd:
+    """LowFormer's / CPUBone's attention on a strided grid (depthwise projection, transposed-convolution
+    upsampling), over every spatial axis; the output is cropped to the input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = tuple(x.shape[2:])
+        if getattr(self, "small_kernels", False) and self.att_stride > 1:
+            x = _pad_end(x, (self.att_stride,) * len(sizes))
+        xout = self.pwise(self.conv_proj(x))
+        batch, small = xout.shape[0], tuple(xout.shape[2:])
+        qkv = xout.reshape(batch, self.num_heads, self.num_keys * self.head_dim, -1).transpose(2, 3)
+        q, k, v = qkv.chunk(3, dim=3)
+        values = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = self.o_proj(values.transpose(2, 3).reshape(batch, self.o_proj_inpdim, *small))
+        return _crop_map(self.upsampling(out), sizes)
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
     "timm.models.efficientformer.EfficientFormer": _EfficientFormerNd,
     "timm.models.swiftformer.EfficientAdditiveAttention": _SwiftFormerAttentionNd,
     "timm.models.edgenext.SplitTransposeBlock": _SplitTransposeBlockNd,
+    "timm.models.efficientformer_v2.Attention2d": _EfficientFormerV2AttentionNd,
+    "timm.models.efficientformer_v2.Attention2dDownsample": _EfficientFormerV2AttentionDownsampleNd,
+    "timm.models.efficientvit_msra.CascadedGroupAttention": _CascadedGroupAttentionNd,
+    "timm.models.efficientvit_msra.LocalWindowAttention": _LocalWindowAttentionNd,
+    "timm.models.shvit.SHSA": _ShsaNd,
+    "timm.models.lowformer.ConvAttention": _ConvAttentionNd,
+    "timm.models.cpubone.ConvAttention": _ConvAttentionNd,
 }

@@ -16,6 +16,16 @@ FAMILIES = {
     "efficientformer_l1": (5, 64),  # global attention with a LeViT bias in the last stage (2 x 2 tokens)
     "swiftformer_xs": (5, 64),  # additive attention
     "edgenext_xx_small": (4, 32),  # split depthwise convolutions, cross-covariance attention, Fourier positions
+    "efficientvit_m0": (5, 64),  # cascaded group attention in windows, LeViT bias
+    "shvit_s1": (5, 64),  # single-head attention on part of the channels
+}
+# Families whose attention downsamples by itself inside a stage (a stride the encoder's per-stage strides do
+# not reach, so no depth stride of 1 for the proof): their 2D conversion is checked against timm's model at
+# the size timm is built for, and their 3D forward at a small size.
+TIMM_2D = {  # name: (depth, image size timm accepts)
+    "efficientformerv2_s0": (5, 224),  # attention on a strided grid with talking heads; downsampling attention
+    "lowformer_b0": (5, 64),  # attention on a grid of stride 4, transposed-convolution upsampling
+    "cpubone_b0_bfrobust": (5, 64),
 }
 
 
@@ -23,9 +33,9 @@ def _tu(name: str, **kwargs) -> torch.nn.Module:
     return smp3d.get_encoder(f"tu-{name}", **kwargs)
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(FAMILIES) + list(TIMM_2D))
 def test_3d_forward_gives_every_feature(name: str) -> None:
-    depth, size = FAMILIES[name]
+    depth, size = FAMILIES.get(name) or (TIMM_2D[name][0], 64)
     torch.manual_seed(0)
     encoder = _tu(name, spatial_dims=3, depth=depth, in_channels=1).eval()
     x = torch.randn(1, 1, size, size, 16)
@@ -48,3 +58,19 @@ def test_depth_constant_volume_gives_the_2d_features(name: str) -> None:
     image = torch.randn(1, 3, size, size)
     report = inflation_report(encoder_2d, encoder_3d, image=image, depth=2, mode="i3d", dtype=torch.float64)
     assert report.max_rel < 1e-5, report
+
+
+@pytest.mark.parametrize("name", list(TIMM_2D))
+def test_2d_conversion_gives_timms_outputs(name: str) -> None:
+    depth, size = TIMM_2D[name]
+    torch.manual_seed(0)
+    encoder = _tu(name, spatial_dims=2, depth=depth).eval()
+    indices = encoder.model.feature_info.out_indices
+    reference = timm.create_model(name, features_only=True, out_indices=indices).eval()
+    reference.load_state_dict({k[len("model.") :]: v for k, v in encoder.state_dict().items()})
+    image = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = reference(image)
+        got = encoder(image)[-len(expected) :]
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
