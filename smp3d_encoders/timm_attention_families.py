@@ -372,6 +372,152 @@ class _ConvAttentionNd:
         return _crop_map(self.upsampling(out), sizes)
 
 
+# -- Twins (PCPVT, SVT) ---------------------------------------------------------------------------------
+
+
+class _TwinsPatchEmbedNd:
+    """Twins' patch embedding: each axis padded to the patch size (never asserted); the token grid returned."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        x = self.proj(_pad_end(x, self.proj.stride))
+        sizes = tuple(x.shape[2:])
+        return self.norm(x.flatten(2).transpose(1, 2)), sizes
+
+
+class _LocallyGroupedAttnNd:
+    """Twins' locally grouped (window) attention: timm's window along height and width (zero-padded as timm
+    pads), ``min(window, size)`` along added axes."""
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        from .timm_attention import _crop, pad_to_multiple, window_partition, window_reverse
+
+        batch, tokens, channels = x.shape
+        sizes = tuple(size)
+        window = (self.ws, self.ws) + tuple(min(self.ws, s) for s in sizes[2:])
+        x = pad_to_multiple(x.view(batch, *sizes, channels), window)
+        padded = tuple(x.shape[1:-1])
+        windows = window_partition(x, window).reshape(-1, math.prod(window), channels)
+        qkv = self.qkv(windows).reshape(windows.shape[0], windows.shape[1], 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        dropout = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout).transpose(1, 2)
+        out = window_reverse(out.reshape(-1, *window, channels), window, padded)
+        x = _crop(out, sizes).reshape(batch, tokens, channels)
+        return self.proj_drop(self.proj(x))
+
+
+class _GlobalSubSampleAttnNd:
+    """Twins' global attention with spatially reduced keys and values over an N-D grid; an axis shorter than
+    the reduction kernel (a thin depth) is replicated up to it, never refused."""
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        q = self.q(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
+        if self.sr is not None:
+            kv_in = x.transpose(1, 2).reshape(batch, channels, *size)
+            pads: list[int] = []
+            for s, k in reversed(list(zip(kv_in.shape[2:], self.sr.kernel_size, strict=True))):
+                pads += [0, max(k - s, 0)]
+            if any(pads):
+                kv_in = F.pad(kv_in, pads, mode="replicate")
+            x = self.norm(self.sr(kv_in).reshape(batch, channels, -1).transpose(1, 2))
+        kv = self.kv(x).reshape(batch, -1, 2, self.num_heads, channels // self.num_heads).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, channels)))
+
+
+class _TwinsNd:
+    """Twins' intermediates over any number of axes (token grids as the patch embeddings return them)."""
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        if output_fmt != "NCHW":
+            raise ValueError(f"Twins gives NCHW intermediates only, got output_fmt={output_fmt!r}.")
+        take, max_index = _take_indices(len(self.blocks), indices)
+        last = len(self.blocks) - 1
+        count = max_index + 1 if stop_early else len(self.blocks)
+        intermediates = []
+        i = 0
+        for i in range(count):
+            x, sizes = self.patch_embeds[i](x)
+            x = self.pos_drops[i](x)
+            for j, block in enumerate(self.blocks[i]):
+                x = block(x, sizes)
+                if j == 0:
+                    x = self.pos_block[i](x, sizes)
+            if i < last:
+                x = _tokens_to_map(x, sizes).contiguous()
+                if i in take:
+                    intermediates.append(x)
+            elif i in take:
+                intermediates.append(_tokens_to_map(self.norm(x) if norm else x, sizes).contiguous())
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+
+# -- GCViT ---------------------------------------------------------------------------------------------
+
+
+def _window_of(window: Sequence[int], sizes: Sequence[int]) -> tuple[int, ...]:
+    """timm's (height, width) window, and ``min(window, size)`` along each added axis (square windows)."""
+    extra = tuple(min(window[0], s) if window[0] == window[1] else 1 for s in sizes[2:])
+    return (int(window[0]), int(window[1])) + extra
+
+
+class _GcVitWindowAttentionNd:
+    """GCViT's window attention (local, or with the stage's global query) for an N-D window; SDPA."""
+
+    def forward(
+        self, x: torch.Tensor, q_global: torch.Tensor | None = None, window: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        from .timm_attention import _rel_pos_bias
+
+        batch, tokens, channels = x.shape
+        window = tuple(window) if window is not None else tuple(self.window_size)
+        if self.use_global and q_global is not None:
+            kv = self.qkv(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = kv.unbind(0)
+            q = q_global.repeat_interleave(batch // q_global.shape[0], dim=0)
+            q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        else:
+            qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+        bias = _rel_pos_bias(self.rel_pos, window).to(q.dtype)
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, channels)))
+
+
+class _GcVitBlockNd:
+    """GCViT's block on ``(B, *spatial, C)``: N-D windows, zero-padded to a multiple (timm asserts one); the
+    global query (pooled to the window at timm's ``img_size``) is resized to the window of the actual input."""
+
+    def _window_attn(self, x: torch.Tensor, q_global: torch.Tensor | None = None) -> torch.Tensor:
+        from .timm_attention import _crop, pad_to_multiple, window_partition, window_reverse
+
+        sizes, channels = tuple(x.shape[1:-1]), x.shape[-1]
+        window = _window_of(self.window_size, sizes)
+        x = pad_to_multiple(x, window)
+        padded = tuple(x.shape[1:-1])
+        windows = window_partition(x, window).reshape(-1, math.prod(window), channels)
+        if q_global is not None and tuple(q_global.shape[1:-1]) != window:
+            q_global = _resize_to(q_global.movedim(-1, 1), window).movedim(1, -1)
+        out = self.attn(windows, q_global, window)
+        return _crop(window_reverse(out.reshape(-1, *window, channels), window, padded), sizes)
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -385,4 +531,10 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.shvit.SHSA": _ShsaNd,
     "timm.models.lowformer.ConvAttention": _ConvAttentionNd,
     "timm.models.cpubone.ConvAttention": _ConvAttentionNd,
+    "timm.models.twins.PatchEmbed": _TwinsPatchEmbedNd,
+    "timm.models.twins.LocallyGroupedAttn": _LocallyGroupedAttnNd,
+    "timm.models.twins.GlobalSubSampleAttn": _GlobalSubSampleAttnNd,
+    "timm.models.twins.Twins": _TwinsNd,
+    "timm.models.gcvit.WindowAttentionGlobal": _GcVitWindowAttentionNd,
+    "timm.models.gcvit.GlobalContextVitBlock": _GcVitBlockNd,
 }

@@ -26,6 +26,8 @@ TIMM_2D = {  # name: (depth, image size timm accepts)
     "efficientformerv2_s0": (5, 224),  # attention on a strided grid with talking heads; downsampling attention
     "lowformer_b0": (5, 64),  # attention on a grid of stride 4, transposed-convolution upsampling
     "cpubone_b0_bfrobust": (5, 64),
+    "twins_svt_small": (5, 64),  # locally grouped windows (padded), sub-sampled global attention, N-D token grids
+    "gcvit_xxtiny": (5, 224),  # windows with a global query pooled to the window at timm's img_size
 }
 
 
