@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .timm_attention import absolute_offset_bias
+from .timm_attention import _PatchMergingNd, _SwinBlockNd, absolute_offset_bias, relative_position_bias
 
 __all__ = ["FAMILY_MIXINS"]
 
@@ -518,6 +518,59 @@ class _GcVitBlockNd:
         return _crop(window_reverse(out.reshape(-1, *window, channels), window, padded), sizes)
 
 
+# -- Swin V2 (CR) ------------------------------------------------------------------------------------
+
+
+class _SwinV2CrAttentionNd:
+    """Swin V2 CR's scaled cosine window attention for windows of any shape: its continuous position bias (an
+    MLP of log-spaced (height, width) offsets) is evaluated once per offset and copied along added axes."""
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, window: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        window = tuple(window) if window is not None else tuple(self.window_size)
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, channels // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        wh, ww = window[0], window[1]
+        dh = torch.arange(-(wh - 1), wh, device=x.device, dtype=torch.float32)
+        dw = torch.arange(-(ww - 1), ww, device=x.device, dtype=torch.float32)
+        coords = torch.stack(torch.meshgrid(dh, dw, indexing="ij"), dim=-1).reshape(-1, 2)
+        coords = (torch.sign(coords) * torch.log1p(coords.abs())).to(self.logit_scale.dtype)
+        table = self.meta_mlp(coords).reshape(2 * wh - 1, 2 * ww - 1, self.num_heads).permute(2, 0, 1)
+        bias = relative_position_bias(table, window).unsqueeze(0)
+        if mask is not None:
+            windows = mask.shape[0]
+            mask = mask.view(1, windows, 1, tokens, tokens).expand(batch // windows, -1, self.num_heads, -1, -1)
+            bias = bias + mask.reshape(-1, self.num_heads, tokens, tokens)
+        logit_scale = torch.clamp(self.logit_scale.reshape(1, self.num_heads, 1, 1), max=math.log(1.0 / 0.01)).exp()
+        q = F.normalize(q, dim=-1) * logit_scale
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(
+            q, F.normalize(k, dim=-1), v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=1.0
+        )
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, -1)))
+
+
+class _SwinV2CrBlockNd(_SwinBlockNd):
+    """Swin V2 CR's block (post-normalised branches, optional main-branch norm) on ``(B, *spatial, C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x + self.drop_path1(self.norm1(self._attn(x)))
+        x = x.reshape(shape[0], -1, shape[-1])
+        x = x + self.drop_path2(self.norm2(self.mlp(x)))
+        return self.norm3(x).reshape(shape)
+
+
+class _SwinV2CrPatchEmbedNd:
+    """Swin V2 CR's patch embedding: each axis padded to the patch size (no size check), channels-first out."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(_pad_end(x, self.proj.stride))
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -537,4 +590,8 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.twins.Twins": _TwinsNd,
     "timm.models.gcvit.WindowAttentionGlobal": _GcVitWindowAttentionNd,
     "timm.models.gcvit.GlobalContextVitBlock": _GcVitBlockNd,
+    "timm.models.swin_transformer_v2_cr.WindowMultiHeadAttention": _SwinV2CrAttentionNd,
+    "timm.models.swin_transformer_v2_cr.SwinTransformerV2CrBlock": _SwinV2CrBlockNd,
+    "timm.models.swin_transformer_v2_cr.PatchMerging": _PatchMergingNd,
+    "timm.models.swin_transformer_v2_cr.PatchEmbed": _SwinV2CrPatchEmbedNd,
 }

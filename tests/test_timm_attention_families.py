@@ -18,6 +18,7 @@ FAMILIES = {
     "edgenext_xx_small": (4, 32),  # split depthwise convolutions, cross-covariance attention, Fourier positions
     "efficientvit_m0": (5, 64),  # cascaded group attention in windows, LeViT bias
     "shvit_s1": (5, 64),  # single-head attention on part of the channels
+    "swinv2_cr_tiny_224": (3, 32),  # shifted cosine windows (padded 8 -> 14), continuous bias, patch merging
 }
 # Families whose attention downsamples by itself inside a stage (a stride the encoder's per-stage strides do
 # not reach, so no depth stride of 1 for the proof): their 2D conversion is checked against timm's model at
@@ -33,6 +34,16 @@ TIMM_2D = {  # name: (depth, image size timm accepts)
 
 def _tu(name: str, **kwargs) -> torch.nn.Module:
     return smp3d.get_encoder(f"tu-{name}", **kwargs)
+
+
+@torch.no_grad()
+def _randomize_zeros(module: torch.nn.Module) -> torch.nn.Module:
+    """Parameters timm initialises to zero (position biases, layer scales, zero-init norms) made random, so that
+    the checks see them."""
+    for p in module.parameters():
+        if p.numel() and not bool(p.any()):
+            p.normal_(0.0, 0.5)
+    return module
 
 
 @pytest.mark.parametrize("name", list(FAMILIES) + list(TIMM_2D))
@@ -55,7 +66,7 @@ def test_depth_constant_volume_gives_the_2d_features(name: str) -> None:
     """Random timm-shaped 2D weights inflated; every depth slice of every feature equals the 2D feature."""
     depth, size = FAMILIES[name]
     torch.manual_seed(0)
-    encoder_2d = _tu(name, spatial_dims=2, depth=depth).eval()
+    encoder_2d = _randomize_zeros(_tu(name, spatial_dims=2, depth=depth)).eval()
     encoder_3d = _tu(name, spatial_dims=3, depth=depth, strides=depth_stride_one(depth))
     image = torch.randn(1, 3, size, size)
     report = inflation_report(encoder_2d, encoder_3d, image=image, depth=2, mode="i3d", dtype=torch.float64)
@@ -66,7 +77,7 @@ def test_depth_constant_volume_gives_the_2d_features(name: str) -> None:
 def test_2d_conversion_gives_timms_outputs(name: str) -> None:
     depth, size = TIMM_2D[name]
     torch.manual_seed(0)
-    encoder = _tu(name, spatial_dims=2, depth=depth).eval()
+    encoder = _randomize_zeros(_tu(name, spatial_dims=2, depth=depth)).eval()
     indices = encoder.model.feature_info.out_indices
     reference = timm.create_model(name, features_only=True, out_indices=indices).eval()
     reference.load_state_dict({k[len("model.") :]: v for k, v in encoder.state_dict().items()})
