@@ -571,6 +571,99 @@ class _SwinV2CrPatchEmbedNd:
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
 
+# -- timm.layers.attention2d (MobileNet V4 hybrids, MobileNet V5) --------------------------------------
+
+
+class _MultiQueryAttention2dNd:
+    """timm's multi-query attention (optionally strided queries / keys) on channels-first maps of any rank."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.query(x)
+        q_sizes = tuple(q.shape[2:])
+        q = self._reshape_projected_query(q, self.num_heads, self.key_dim)
+        k = self._reshape_input(self.key(x))
+        v = self._reshape_input(self.value(x))
+        dropout = self.attn_drop.p if self.training else 0.0
+        if self.einsum:
+            attn = torch.einsum("blhk,bpk->blhp", q, k) * self.scale
+            if attn_mask is not None:
+                attn = attn + attn_mask
+            o = torch.einsum("blhp,bpk->blhk", self.attn_drop(attn.softmax(dim=-1)), v)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=self.scale)
+            o = o.transpose(1, 2)
+        o = o.reshape(o.shape[0], *q_sizes, -1).movedim(-1, 1).contiguous()
+        return self.output(o)
+
+
+class _Attention2dNd:
+    """timm's multi-head attention over channels-first maps of any rank (every spatial axis a token axis)."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        if self.head_first:
+            q, k, v = self.qkv(x).view(batch, self.num_heads, self.dim_head * 3, -1).chunk(3, dim=2)
+        else:
+            q, k, v = self.qkv(x).reshape(batch, 3, self.num_heads, self.dim_head, -1).unbind(1)
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), attn_mask=attn_mask, dropout_p=dropout
+        )
+        x = x.transpose(-1, -2).reshape(batch, -1, *sizes)
+        return self.proj_drop(self.proj(x))
+
+
+# -- EfficientViM ----------------------------------------------------------------------------------------
+
+
+class _HsmSsdNd:
+    """EfficientViM's hidden-state mixer (state-space duality) over every spatial axis flattened into tokens;
+    its depthwise convolution sees the N-D map."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        x = x.flatten(2)
+        bcdt = self.dw(self.BCdt_proj(x).reshape(batch, -1, *sizes)).flatten(2)
+        b, c, dt = torch.split(bcdt, [self.state_dim, self.state_dim, self.state_dim], dim=1)
+        a = (dt + self.A.view(1, -1, 1)).softmax(-1)
+        h = x @ (a * b).transpose(-2, -1)
+        h, z = torch.split(self.hz_proj(h), [self.d_inner, self.d_inner], dim=1)
+        h = self.out_proj(h * self.act(z) + h * self.D)
+        y = (h @ c).reshape(batch, -1, *sizes).contiguous()
+        return y, h
+
+
+# -- iFormer ------------------------------------------------------------------------------------------
+
+
+class _ShmaNd:
+    """iFormer's single-head modulation attention, global or in N-D windows (timm's along height and width,
+    ``min(window, size)`` along added axes; zero-padded as timm pads, cropped after)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .timm_attention import window_partition, window_reverse
+
+        sizes = tuple(x.shape[2:])
+        window = padded = None
+        if self.window_size and self.window_size > 0:
+            window = (self.window_size,) * 2 + tuple(min(self.window_size, s) for s in sizes[2:])
+            x = _pad_end(x, window)
+            padded = tuple(x.shape[2:])
+            x = window_partition(x.movedim(1, -1), window).movedim(-1, 1)
+        batch, inner = x.shape[0], tuple(x.shape[2:])
+        v, gate = self.gate_act(self.v_gate(x)).chunk(2, dim=1)
+        q = self.q(x).flatten(2).transpose(-1, -2).unsqueeze(1)
+        k = self.k(x).flatten(2).transpose(-1, -2).unsqueeze(1)
+        v = v.flatten(2).transpose(-1, -2).unsqueeze(1)
+        dropout = self.attn_drop.p if self.training else 0.0
+        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+        out = self.proj(attn.transpose(-1, -2).reshape(batch, -1, *inner) * gate)
+        if window is not None:
+            out = window_reverse(out.movedim(1, -1), window, padded).movedim(-1, 1)
+            out = _crop_map(out, sizes).contiguous()
+        return out
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -594,4 +687,8 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.swin_transformer_v2_cr.SwinTransformerV2CrBlock": _SwinV2CrBlockNd,
     "timm.models.swin_transformer_v2_cr.PatchMerging": _PatchMergingNd,
     "timm.models.swin_transformer_v2_cr.PatchEmbed": _SwinV2CrPatchEmbedNd,
+    "timm.layers.attention2d.MultiQueryAttention2d": _MultiQueryAttention2dNd,
+    "timm.layers.attention2d.Attention2d": _Attention2dNd,
+    "timm.models.efficientvim.HSMSSD": _HsmSsdNd,
+    "timm.models.iformer.SHMA": _ShmaNd,
 }
