@@ -664,6 +664,71 @@ class _ShmaNd:
         return out
 
 
+# -- Visformer ----------------------------------------------------------------------------------------
+
+
+def abs_pos_embed_nd(pos: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """A 2D absolute position embedding ``(1, C, h, w)`` for an N-D grid: resized (bicubic, as timm resamples
+    position embeddings) to the (height, width) of ``sizes`` and copied along the added axes (a broadcastable
+    ``(1, C, H, W, 1, ...)``)."""
+    if tuple(pos.shape[2:]) != tuple(sizes[:2]):
+        pos = F.interpolate(pos, size=tuple(sizes[:2]), mode="bicubic", align_corners=False)
+    return pos.reshape(*pos.shape, *(1,) * (len(sizes) - 2))
+
+
+class _VisformerAttentionNd:
+    """Visformer's convolutional multi-head attention over every spatial axis."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        q, k, v = self.qkv(x).reshape(batch, 3, self.num_heads, self.head_dim, -1).transpose(-1, -2).unbind(1)
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+        x = x.transpose(-1, -2).reshape(batch, -1, *sizes)
+        return self.proj_drop(self.proj(x))
+
+
+class _VisformerNd:
+    """Visformer's intermediates for any input size and rank: position embeddings resized to the actual grid."""
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        if output_fmt != "NCHW":
+            raise ValueError(f"Visformer gives NCHW intermediates only, got output_fmt={output_fmt!r}.")
+        stages = [
+            (self.patch_embed1, self.pos_embed1, self.stage1),
+            (self.patch_embed2, self.pos_embed2, self.stage2),
+            (self.patch_embed3, self.pos_embed3, self.stage3),
+        ]
+        last = len(stages) - 1
+        take, max_index = _take_indices(len(stages), indices)
+        if stop_early:
+            stages = stages[: max_index + 1]
+        intermediates = []
+        if self.stem is not None:
+            x = self.stem(x)
+        for idx, (patch_embed, pos_embed, stage) in enumerate(stages):
+            if patch_embed is not None:
+                x = patch_embed(x)
+            if pos_embed is not None:
+                x = self.pos_drop(x + abs_pos_embed_nd(pos_embed, x.shape[2:]).to(x.dtype))
+            x = stage(x)
+            if idx in take:
+                intermediates.append(self.norm(x) if norm and idx == last else x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == last + 1:
+            x = self.norm(x)
+        return x, intermediates
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -691,4 +756,6 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.layers.attention2d.Attention2d": _Attention2dNd,
     "timm.models.efficientvim.HSMSSD": _HsmSsdNd,
     "timm.models.iformer.SHMA": _ShmaNd,
+    "timm.models.visformer.Attention": _VisformerAttentionNd,
+    "timm.models.visformer.Visformer": _VisformerNd,
 }

@@ -20,7 +20,8 @@ FAMILIES = {
     "shvit_s1": (5, 64),  # single-head attention on part of the channels
     "swinv2_cr_tiny_224": (3, 32),
     "efficientvim_m1": (5, 64),  # hidden-state mixer (state-space duality) over all tokens
-    "iformer_s": (5, 64),  # single-head modulation attention, windowed in the last stage  # shifted cosine windows (padded 8 -> 14), continuous bias, patch merging
+    "iformer_s": (5, 64),  # single-head modulation attention, windowed in the last stage
+    "visformer_tiny": (5, 64),  # convolutional attention, absolute position embeddings resized and copied  # shifted cosine windows (padded 8 -> 14), continuous bias, patch merging
 }
 # Families whose attention downsamples by itself inside a stage (a stride the encoder's per-stage strides do
 # not reach, so no depth stride of 1 for the proof): their 2D conversion is checked against timm's model at
@@ -31,7 +32,10 @@ TIMM_2D = {  # name: (depth, image size timm accepts)
     "cpubone_b0_bfrobust": (5, 64),
     "twins_svt_small": (5, 64),  # locally grouped windows (padded), sub-sampled global attention, N-D token grids
     "gcvit_xxtiny": (5, 224),  # windows with a global query pooled to the window at timm's img_size
-    "mobilenetv4_hybrid_medium_075": (5, 64),  # multi-query attention with strided keys and values
+    # multi-query attention with strided keys and values: the layer MobileNet V5 is built on (its smallest
+    # model, 300M parameters, is too big to run here; the coverage report builds and runs it on meta)
+    "mobilenetv4_hybrid_medium_075": (5, 64),
+    "visformer_tiny": (5, 224),  # (also in FAMILIES) position embeddings at timm's size
 }
 
 
@@ -49,7 +53,7 @@ def _randomize_zeros(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-@pytest.mark.parametrize("name", list(FAMILIES) + list(TIMM_2D))
+@pytest.mark.parametrize("name", list(dict.fromkeys([*FAMILIES, *TIMM_2D])))
 def test_3d_forward_gives_every_feature(name: str) -> None:
     depth, size = FAMILIES.get(name) or (TIMM_2D[name][0], 64)
     torch.manual_seed(0)
@@ -75,23 +79,6 @@ def test_depth_constant_volume_gives_the_2d_features(name: str) -> None:
     report = inflation_report(encoder_2d, encoder_3d, image=image, depth=2, mode="i3d", dtype=torch.float64)
     assert report.max_rel < 1e-5, report
 
-# Families whose smallest model is too big to run here: built and run on the meta device (sizes only); the
-# attention layer they share is checked numerically through a small model that has it.
-META = {
-    "mobilenetv5_300m": "mobilenetv4_hybrid_medium_075",  # multi-query attention (timm.layers.attention2d)
-}
-
-
-@pytest.mark.parametrize("name", list(META))
-def test_3d_forward_on_meta(name: str) -> None:
-    with torch.device("meta"):
-        encoder = _tu(name, spatial_dims=3, in_channels=1)
-    x = torch.empty(1, 1, 96, 96, 32, device="meta")
-    features = encoder(x)
-    for f, red, c in zip(features[1:], encoder.reductions[1:], encoder.out_channels[1:], strict=True):
-        assert tuple(f.shape[1:]) == (c, *(-(-s // r) for s, r in zip(x.shape[2:], red, strict=True)))
-
-
 @pytest.mark.parametrize("name", list(TIMM_2D))
 def test_2d_conversion_gives_timms_outputs(name: str) -> None:
     depth, size = TIMM_2D[name]
@@ -104,5 +91,5 @@ def test_2d_conversion_gives_timms_outputs(name: str) -> None:
     with torch.no_grad():
         expected = reference(image)
         got = encoder(image)[-len(expected) :]
-    for e, g in zip(expected, got, strict=True):
-        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    for e, g in zip(expected, got, strict=True):  # float32: error relative to the feature's scale
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4 * float(e.abs().max()))
