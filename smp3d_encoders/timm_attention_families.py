@@ -729,6 +729,78 @@ class _VisformerNd:
         return x, intermediates
 
 
+# -- HieraDet (SAM 2) -----------------------------------------------------------------------------------
+
+
+class _HieraDetAttentionNd:
+    """HieraDet's multi-scale attention on channels-last ``(B, *spatial, C)`` windows of any rank, with its
+    optional query pooling."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[1:-1])
+        q, k, v = torch.unbind(self.qkv(x).reshape(batch, -1, 3, self.num_heads, self.dim_out // self.num_heads), 2)
+        if self.q_pool is not None:
+            q = self.q_pool(q.reshape(batch, *sizes, -1).movedim(-1, 1)).movedim(1, -1)
+            sizes = tuple(q.shape[1:-1])
+            q = q.reshape(batch, math.prod(sizes), self.num_heads, -1)
+        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(x.transpose(1, 2).reshape(batch, *sizes, -1))
+
+
+class _HieraDetBlockNd:
+    """HieraDet's block over any number of axes: N-D windows (timm's along height and width; along added axes
+    ``min(window, size)`` rounded up to the query stride), zero-padded as timm pads, cropped after."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .timm_attention import _crop, pad_to_multiple, window_partition, window_reverse
+
+        shortcut = x
+        x = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = self.proj(x)
+            if self.pool is not None:
+                shortcut = shortcut.movedim(-1, 1)
+                pads: list[int] = []  # an axis shorter than the pool (a thin depth) is replicated up to it
+                for size, k in reversed(list(zip(shortcut.shape[2:], self.pool.kernel_size, strict=True))):
+                    pads += [0, max(k - size, 0)]
+                if any(pads):
+                    shortcut = F.pad(shortcut, pads, mode="replicate")
+                shortcut = self.pool(shortcut).movedim(1, -1)
+        sizes = tuple(x.shape[1:-1])
+        n = len(sizes)
+        q_stride = tuple(self.q_stride) if self.q_stride else (1, 1)
+        stride = q_stride + (q_stride[0] if q_stride[0] == q_stride[1] else 1,) * (n - 2)
+        if self.is_windowed:
+            w = self.window_size
+            window = (w[0], w[1]) + tuple(
+                min(w[0], -(-s // q) * q) if w[0] == w[1] else q for s, q in zip(sizes[2:], stride[2:], strict=True)
+            )
+            x = pad_to_multiple(x, window)
+            padded = tuple(x.shape[1:-1])
+            x = window_partition(x, window)
+        x = self.attn(x)
+        if self.is_windowed:
+            window = tuple(w // q for w, q in zip(window, stride, strict=True))
+            padded = tuple(p // q for p, q in zip(padded, stride, strict=True))
+            x = _crop(window_reverse(x, window, padded), tuple(shortcut.shape[1:-1]))
+        x = shortcut + self.drop_path1(self.ls1(x))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class _HieraDetNd:
+    """HieraDet's position embedding for any input size and rank: the global embedding resized (bicubic, as
+    timm does) to the (height, width) grid plus the window embedding tiled over it, copied along added axes."""
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = tuple(x.shape[1:-1])
+        window = self.pos_embed_window
+        pos = F.interpolate(self.pos_embed, size=sizes[:2], mode="bicubic")
+        tiles = [-(-s // w) for s, w in zip(sizes[:2], window.shape[-2:], strict=True)]
+        pos = pos + window.tile(tiles)[..., : sizes[0], : sizes[1]]
+        pos = pos.reshape(*pos.shape, *(1,) * (len(sizes) - 2))
+        return x + pos.movedim(1, -1).to(x.dtype)
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -758,4 +830,7 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.iformer.SHMA": _ShmaNd,
     "timm.models.visformer.Attention": _VisformerAttentionNd,
     "timm.models.visformer.Visformer": _VisformerNd,
+    "timm.models.hieradet_sam2.MultiScaleAttention": _HieraDetAttentionNd,
+    "timm.models.hieradet_sam2.MultiScaleBlock": _HieraDetBlockNd,
+    "timm.models.hieradet_sam2.HieraDet": _HieraDetNd,
 }

@@ -36,6 +36,7 @@ TIMM_2D = {  # name: (depth, image size timm accepts)
     # model, 300M parameters, is too big to run here; the coverage report builds and runs it on meta)
     "mobilenetv4_hybrid_medium_075": (5, 64),
     "visformer_tiny": (5, 224),  # (also in FAMILIES) position embeddings at timm's size
+    "hieradet_small": (5, 64),  # windows with query pooling, resized + tiled window position embeddings
 }
 
 
