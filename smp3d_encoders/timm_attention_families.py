@@ -801,6 +801,122 @@ class _HieraDetNd:
         return x + pos.movedim(1, -1).to(x.dtype)
 
 
+# -- CoaT ----------------------------------------------------------------------------------------------
+
+
+def _cls_and_map(x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 1 + N, C)`` -> the class token ``(B, 1, C)`` and the image tokens as a map ``(B, C, *sizes)``."""
+    return x[:, :1], x[:, 1:].transpose(1, 2).reshape(x.shape[0], x.shape[2], *sizes)
+
+
+class _CoatConvRelPosEncNd:
+    """CoaT's convolutional relative position encoding over an N-D token grid."""
+
+    def forward(self, q: torch.Tensor, v: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        batch, heads, _, channels = q.shape
+        v_img = v[:, :, 1:].transpose(-1, -2).reshape(batch, heads * channels, *size)
+        parts = torch.split(v_img, self.channel_splits, dim=1)
+        conv_v = torch.cat([conv(part) for conv, part in zip(self.conv_list, parts, strict=True)], dim=1)
+        conv_v = conv_v.reshape(batch, heads, channels, -1).transpose(-1, -2)
+        return F.pad(q[:, :, 1:] * conv_v, (0, 0, 1, 0, 0, 0))
+
+
+class _CoatFactorAttnNd:
+    """CoaT's factorised attention over an N-D token grid.
+
+    Its key softmax runs over the class token and the image tokens. On an N-D grid the class token's key is
+    weighted by the number of positions along the added axes (``log`` of it added to its logit), as if it
+    were copied along them like each (height, width) token: a depth-constant volume then gives the 2D
+    attention at every depth slice. In 2D the weight is 1 (timm's forward).
+    """
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, channels // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        copies = math.prod(size[2:])
+        if copies > 1:
+            k = torch.cat((k[:, :, :1] + math.log(copies), k[:, :, 1:]), dim=2)
+        factor = q @ (k.softmax(dim=2).transpose(-1, -2) @ v)
+        x = self.scale * factor + self.crpe(q, v, size=size)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, channels)))
+
+
+class _CoatConvPosEncNd:
+    """CoaT's convolutional position encoding (depthwise convolution of the image tokens) over an N-D grid."""
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        cls_token, feat = _cls_and_map(x, size)
+        x = self.proj(feat) + feat
+        return torch.cat((cls_token, x.flatten(2).transpose(1, 2)), dim=1)
+
+
+class _CoatParallelBlockNd:
+    """CoaT's parallel block: its cross-scale resampling over every spatial axis."""
+
+    def interpolate(self, x: torch.Tensor, scale_factor: float, size: Sequence[int]) -> torch.Tensor:
+        cls_token, img = _cls_and_map(x, size)
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[img.ndim - 2]
+        img = F.interpolate(img, scale_factor=scale_factor, recompute_scale_factor=False, mode=mode, align_corners=False)
+        return torch.cat((cls_token, img.reshape(img.shape[0], img.shape[1], -1).transpose(1, 2)), dim=1)
+
+
+class _CoatNd:
+    """CoaT's intermediates for any input size and rank: token grids from the patch embeddings' actual outputs."""
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        if output_fmt != "NCHW":
+            raise ValueError(f"CoaT gives NCHW intermediates only, got output_fmt={output_fmt!r}.")
+        take, max_index = _take_indices(4, indices)
+        num_stages = 4
+        if stop_early and (self.parallel_blocks is None or max_index == 0):
+            num_stages = max_index + 1
+        xs: list[torch.Tensor] = []
+        sizes: list[tuple[int, ...]] = []
+        for i in range(num_stages):
+            patch_embed = getattr(self, f"patch_embed{i + 1}")
+            if patch_embed is None:
+                break
+            if i > 0:
+                x = _cls_and_map(x, sizes[-1])[1].contiguous()
+            size = tuple(-(-s // p) for s, p in zip(x.shape[2:], patch_embed.proj.stride, strict=True))
+            x = patch_embed(x)
+            cls_token = getattr(self, f"cls_token{i + 1}")
+            x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+            for block in getattr(self, f"serial_blocks{i + 1}"):
+                x = block(x, size=size)
+            xs.append(x)
+            sizes.append(size)
+        run_parallel = self.parallel_blocks is not None and len(xs) == 4
+        if run_parallel:
+            x1, x2, x3, x4 = xs
+            for block in self.parallel_blocks:
+                x2, x3, x4 = self.cpe2(x2, sizes[1]), self.cpe3(x3, sizes[2]), self.cpe4(x4, sizes[3])
+                x1, x2, x3, x4 = block(x1, x2, x3, x4, sizes=sizes)
+            xs = [x1, x2, x3, x4]
+        final_norms = [None, self.norm2, self.norm3, self.norm4]
+        intermediates = []
+        for i, (size, feat) in enumerate(zip(sizes, xs, strict=True)):
+            if i in take:
+                if norm and final_norms[i] is not None:
+                    feat = final_norms[i](feat)
+                intermediates.append(_cls_and_map(feat, size)[1].contiguous())
+        if intermediates_only:
+            return intermediates
+        if len(xs) < 4:
+            return xs[-1], intermediates
+        xs = [f if n is None else n(f) for n, f in zip(final_norms, xs, strict=True)]
+        return (xs[1:] if run_parallel else xs[3]), intermediates
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -833,4 +949,9 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.hieradet_sam2.MultiScaleAttention": _HieraDetAttentionNd,
     "timm.models.hieradet_sam2.MultiScaleBlock": _HieraDetBlockNd,
     "timm.models.hieradet_sam2.HieraDet": _HieraDetNd,
+    "timm.models.coat.ConvRelPosEnc": _CoatConvRelPosEncNd,
+    "timm.models.coat.ConvPosEnc": _CoatConvPosEncNd,
+    "timm.models.coat.FactorAttnConvRelPosEnc": _CoatFactorAttnNd,
+    "timm.models.coat.ParallelBlock": _CoatParallelBlockNd,
+    "timm.models.coat.CoaT": _CoatNd,
 }

@@ -21,7 +21,8 @@ FAMILIES = {
     "swinv2_cr_tiny_224": (3, 32),
     "efficientvim_m1": (5, 64),  # hidden-state mixer (state-space duality) over all tokens
     "iformer_s": (5, 64),  # single-head modulation attention, windowed in the last stage
-    "visformer_tiny": (5, 64),  # convolutional attention, absolute position embeddings resized and copied  # shifted cosine windows (padded 8 -> 14), continuous bias, patch merging
+    "visformer_tiny": (5, 64),  # convolutional attention, absolute position embeddings resized and copied
+    "coat_lite_tiny": (5, 64),  # factorised attention, convolutional (relative) position encodings, class tokens  # shifted cosine windows (padded 8 -> 14), continuous bias, patch merging
 }
 # Families whose attention downsamples by itself inside a stage (a stride the encoder's per-stage strides do
 # not reach, so no depth stride of 1 for the proof): their 2D conversion is checked against timm's model at
@@ -36,7 +37,8 @@ TIMM_2D = {  # name: (depth, image size timm accepts)
     # model, 300M parameters, is too big to run here; the coverage report builds and runs it on meta)
     "mobilenetv4_hybrid_medium_075": (5, 64),
     "visformer_tiny": (5, 224),  # (also in FAMILIES) position embeddings at timm's size
-    "hieradet_small": (5, 64),  # windows with query pooling, resized + tiled window position embeddings
+    "hieradet_small": (5, 64),
+    "coat_lite_tiny": (5, 224),  # (also in FAMILIES) token grids from the patch embeddings  # windows with query pooling, resized + tiled window position embeddings
 }
 
 
