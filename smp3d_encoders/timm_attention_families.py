@@ -210,6 +210,8 @@ def offset_bias(
     the table interpolate it (bilinear, offset 0 kept).
     """
     k_sizes = tuple(q_sizes) if k_sizes is None else tuple(k_sizes)
+    if isinstance(resolution, int):
+        resolution = (resolution, resolution)
     rows, cols = int(resolution[0]), int(resolution[1])
     table = biases.reshape(biases.shape[0], rows, cols)
     q = _grid_coords(q_sizes, biases.device, q_step)
@@ -917,6 +919,111 @@ class _CoatNd:
         return (xs[1:] if run_parallel else xs[3]), intermediates
 
 
+# -- LeViT ----------------------------------------------------------------------------------------------
+
+
+class _LevitAttentionNd:
+    """LeViT's attention (token or convolution mode) over an N-D grid, its bias copied along added axes."""
+
+    def forward(self, x: torch.Tensor, sizes: Sequence[int] | None = None) -> torch.Tensor:
+        split = [self.key_dim, self.key_dim, self.val_dim]
+        if self.use_conv:
+            batch, sizes = x.shape[0], tuple(x.shape[2:])
+            q, k, v = self.qkv(x).view(batch, self.num_heads, -1, math.prod(sizes)).split(split, dim=2)
+            q, k, v = q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1)
+        else:
+            batch, tokens, _ = x.shape
+            sizes = tuple(sizes) if sizes is not None else (math.isqrt(tokens),) * 2
+            q, k, v = self.qkv(x).view(batch, tokens, self.num_heads, -1).split(split, dim=3)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        bias = offset_bias(self.attention_biases, self.resolution, sizes).unsqueeze(0).to(q.dtype)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if self.use_conv:
+            x = x.transpose(-2, -1).reshape(batch, -1, *sizes)
+        else:
+            x = x.transpose(1, 2).reshape(batch, -1, self.val_attn_dim)
+        return self.proj(x)
+
+
+class _LevitAttentionDownsampleNd:
+    """LeViT's downsampling attention over an N-D grid: queries every ``stride`` tokens along every axis."""
+
+    def forward(self, x: torch.Tensor, sizes: Sequence[int] | None = None) -> torch.Tensor:
+        return self.forward_grid(x, sizes)[0]
+
+    def forward_grid(self, x: torch.Tensor, sizes: Sequence[int] | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The output and its token grid (the query grid)."""
+        if self.use_conv:
+            batch, sizes = x.shape[0], tuple(x.shape[2:])
+            k, v = self.kv(x).view(batch, self.num_heads, -1, math.prod(sizes)).split([self.key_dim, self.val_dim], 2)
+            k, v = k.transpose(-2, -1), v.transpose(-2, -1)
+            q_map = self.q(x)
+            q_sizes = tuple(q_map.shape[2:])
+            q = q_map.view(batch, self.num_heads, self.key_dim, -1).transpose(-2, -1)
+        else:
+            batch, tokens, channels = x.shape
+            sizes = tuple(sizes) if sizes is not None else (math.isqrt(tokens),) * 2
+            k, v = self.kv(x).view(batch, tokens, self.num_heads, -1).split([self.key_dim, self.val_dim], dim=3)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            down = self.q.down
+            grid = x.view(batch, *sizes, channels)
+            if down.pool is not None:
+                grid = down.pool(grid.movedim(-1, 1)).movedim(1, -1)
+            else:
+                grid = grid[(slice(None), *(slice(None, None, down.stride) for _ in sizes))]
+            q_sizes = tuple(grid.shape[1:-1])
+            q = self.q.ln(grid.reshape(batch, -1, channels))
+            q = q.view(batch, -1, self.num_heads, self.key_dim).transpose(1, 2)
+        bias = offset_bias(self.attention_biases, self.resolution, q_sizes, sizes, q_step=self.stride)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), scale=self.scale)
+        if self.use_conv:
+            x = x.transpose(-2, -1).reshape(batch, self.val_attn_dim, *q_sizes)
+        else:
+            x = x.transpose(1, 2).reshape(batch, -1, self.val_attn_dim)
+        return self.proj(x), q_sizes
+
+
+class _LevitNd:
+    """LeViT's intermediates over any number of axes: the token grid of each stage is carried along (timm
+    keeps it in the ``resolution`` fixed at build time) and passed to its attention layers."""
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        if output_fmt != "NCHW":
+            raise ValueError(f"LeViT gives NCHW intermediates only, got output_fmt={output_fmt!r}.")
+        take, max_index = _take_indices(len(self.stages), indices)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        x = self.stem(x)
+        sizes = tuple(x.shape[2:])
+        if not self.use_conv:
+            x = x.flatten(2).transpose(1, 2)
+        intermediates = []
+        for idx, stage in enumerate(stages):
+            down = stage.downsample
+            if type(down).__name__.startswith("LevitDownsample"):
+                x, sizes = down.attn_downsample.forward_grid(x, sizes)
+                x = x + down.drop_path(down.mlp(x))
+            else:
+                x = down(x)
+            for block in stage.blocks:
+                x = x + block.drop_path1(block.attn(x, sizes))
+                x = x + block.drop_path2(block.mlp(x))
+            if self.use_conv:
+                sizes = tuple(x.shape[2:])
+            if idx in take:
+                intermediates.append(x if self.use_conv else _tokens_to_map(x, sizes))
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -954,4 +1061,8 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.coat.FactorAttnConvRelPosEnc": _CoatFactorAttnNd,
     "timm.models.coat.ParallelBlock": _CoatParallelBlockNd,
     "timm.models.coat.CoaT": _CoatNd,
+    "timm.models.levit.Attention": _LevitAttentionNd,
+    "timm.models.levit.AttentionDownsample": _LevitAttentionDownsampleNd,
+    "timm.models.levit.Levit": _LevitNd,
+    "timm.models.levit.LevitDistilled": _LevitNd,
 }

@@ -38,7 +38,8 @@ TIMM_2D = {  # name: (depth, image size timm accepts)
     "mobilenetv4_hybrid_medium_075": (5, 64),
     "visformer_tiny": (5, 224),  # (also in FAMILIES) position embeddings at timm's size
     "hieradet_small": (5, 64),
-    "coat_lite_tiny": (5, 224),  # (also in FAMILIES) token grids from the patch embeddings  # windows with query pooling, resized + tiled window position embeddings
+    "coat_lite_tiny": (5, 224),  # (also in FAMILIES) token grids from the patch embeddings
+    "levit_128s": (5, 224),  # token grids carried through the stages, downsampling attention, offset biases  # windows with query pooling, resized + tiled window position embeddings
 }
 
 
