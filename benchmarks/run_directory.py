@@ -79,7 +79,7 @@ def main() -> None:
         written_new, progress, started = [], Progress(), time.perf_counter()
         for epoch in range(1, args.epochs + 1):
             progress.epoch = epoch
-            best = {"epoch": epoch, "iteration": 0, "val_dice": 0.5}  # validation improved every epoch
+            best = {"epoch": epoch, "iteration": 0, "val_mean_dice_foreground": 0.5}  # validation improved every epoch
             files = checkpoint_files(
                 model, optimizer, None, config, progress, card_files=cards, metrics=b"epoch\r\n", best=best
             )

@@ -166,10 +166,18 @@ blocks (strided / transposed depthwise convs with 1x1 residual paths). The `medn
 layout MedNeXt pairs with them; `kernel_size=3` or `5` sets the depthwise kernels everywhere:
 
 ```python
-model = smp3d.MedNeXt(encoder_name="mednext_b", kernel_size=5, in_channels=1, classes=14, deep_supervision=True)
+import smp3d
+import torch
+
+options = dict(encoder_name="mednext_s", in_channels=1, classes=3, deep_supervision=True)
+trained_kernel3_model = smp3d.MedNeXt(kernel_size=3, **options)
+model = smp3d.MedNeXt(kernel_size=5, **options)
 model = smp3d.upkern(model, trained_kernel3_model)  # UpKern: kernels resized by trilinear interpolation
-smp3d.load_mednext_state_dict(model, "model_final_checkpoint.model")  # MedNeXt (or MONAI) checkpoints, strict
+print(model.eval()(torch.randn(1, 1, 32, 32, 32)).shape)  # prints: torch.Size([1, 3, 32, 32, 32])
 ```
+
+`smp3d.load_mednext_state_dict(model, "model_final_checkpoint.model")` loads MedNeXt (or MONAI)
+checkpoints into such a model, strictly.
 
 Whole-network parameters (1 input channel, 3 classes, deep-supervision heads included) equal MedNeXt's code
 less its 1-element `dummy_tensor`: S 5,553,839 / 5,983,471 (k3 / k5), B 10,529,231 / 10,958,863,

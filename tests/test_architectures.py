@@ -7,6 +7,7 @@ architecture, family or plugin is covered without editing this file. Structural 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -22,13 +23,20 @@ CELLS = am.cells(FAMILIES)
 FIRST_PARTY = set(am.first_party_families().values())
 
 
-def _results() -> dict:
-    return am.matrix(first_party_only=False)
+# The cells and the doc check share one worker (``--dist loadgroup``), so each cell is built once in a
+# run: the doc check, collected after the cells, reuses their outcomes from this cache.
+MATRIX_GROUP = pytest.mark.xdist_group("architecture_matrix")
 
 
+@functools.cache
+def _outcome(cell):
+    return am.run_cell(cell)
+
+
+@MATRIX_GROUP
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c.arch}-{c.encoder}-{c.spatial_dims}d-{c.strides}")
 def test_cell_passes_or_is_refused_at_construction(cell):
-    outcome = _results()[cell]
+    outcome = _outcome(cell)
     assert outcome.status != "bug", outcome.detail
     if outcome.status == "refused":
         # A refusal must say what was expected and why, and be documented when first-party.
@@ -37,8 +45,9 @@ def test_cell_passes_or_is_refused_at_construction(cell):
             assert outcome.detail in am.DOC.read_text()
 
 
+@MATRIX_GROUP
 def test_matrix_doc_is_up_to_date():
-    first_party = {c: o for c, o in _results().items() if c.encoder in FIRST_PARTY}
+    first_party = {c: _outcome(c) for c in CELLS if c.encoder in FIRST_PARTY}
     assert am.DOC.read_text() == am.render(first_party), (
         "docs/architectures.md is stale: run python scripts/architecture_matrix.py"
     )

@@ -79,13 +79,13 @@ def test_train_hdf5_then_resume_then_predict(tmp_path, h5_pair, capsys):
     )
     code, out, err = run([*base, "--epochs", "2"], capsys)
     assert code == 0, err
-    assert "val_dice" in out and "done: 2 epochs, 4 iterations" in out
+    assert "val_mean_dice_foreground" in out and "done: 2 epochs, 4 iterations" in out
     for sub in ("best", "last"):
         assert (ckpt / sub / "model.safetensors").exists() and (ckpt / sub / "trainer.json").exists()
     assert (ckpt / "last" / "training_state.pt").exists()
     log = rows(ckpt / "metrics.csv")
     assert [r["epoch"] for r in log] == ["1", "2"]
-    assert {"dice_0", "dice_1", "dice_2", "val_dice", "train_loss", "lr"} <= set(log[0])
+    assert {"dice_0", "dice_1", "dice_2", "val_mean_dice_foreground", "train_loss", "lr"} <= set(log[0])
     trainer = json.loads((ckpt / "best" / "trainer.json").read_text())
     assert trainer["config"]["patch"] == [16, 16, 16] and trainer["config"]["mode"] == "multiclass"
 
@@ -194,7 +194,7 @@ def test_demo_smoke(capsys):
     code, out, err = run(shlex.split("demo --epochs 1 --iters 2 --size 32 --train-volumes 1 --no-progress"), capsys)
     assert code == 0, err
     last = out.strip().splitlines()[-1]
-    assert last.startswith("dice=") and 0.0 <= float(last.split("=")[1]) <= 1.0
+    assert last.startswith("mean_dice_foreground=") and 0.0 <= float(last.split("=")[1]) <= 1.0
 
 
 def test_synthetic_volume_is_labelled_noise():
@@ -355,7 +355,7 @@ def test_validation_dice_of_a_perfect_model_is_one(mode, classes):
             model[1].bias.zero_()
     config = TrainConfig(mode=mode, classes=classes, patch=(8, 8, 8), batch_size=2)
     result = evaluate(model, [volume], config, torch.device("cpu"))
-    assert result["val_dice"] == pytest.approx(1.0)
+    assert result["val_mean_dice_foreground"] == pytest.approx(1.0)
     assert all(d == pytest.approx(1.0) for d in result["dice_per_class"])
 
 

@@ -68,3 +68,15 @@ def test_weights_round_trip(tmp_path):
     model.save_pretrained(tmp_path / "m")
     again = smp3d.from_pretrained(tmp_path / "m")
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_run_config_yaml_round_trip(tmp_path):
+    from smp3d.cli import build_parser, command_parser
+    from smp3d.cli.config_file import config_tokens, effective_config, write_config
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--train-path", "a.h5", "--patch", "16", "--classes", "2", "--amp"])
+    train = command_parser(parser, "train")
+    path = write_config(tmp_path / "config.yaml", effective_config(args, train))
+    again = parser.parse_args(["train", *config_tokens(path, train)])
+    assert effective_config(again, train) == effective_config(args, train)

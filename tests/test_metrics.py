@@ -276,12 +276,12 @@ def test_accumulator_equals_one_shot_stats(mode: str, ignore_index: int | None, 
     }
     for name, value in expected.items():
         torch.testing.assert_close(result[name], value.double(), equal_nan=True)
-        torch.testing.assert_close(result[f"mean_{name}"], value.double().nanmean(), equal_nan=True)
+        torch.testing.assert_close(result[f"mean_{name}_all"], value.double().nanmean(), equal_nan=True)
     torch.testing.assert_close(
         metrics.dice_per_class(output, target, mode, **kwargs), expected["dice"].double(), equal_nan=True
     )
     if mode != "binary":  # class 2 never occurs: NaN, left out of the mean
-        assert torch.isnan(result["dice"][2]) and not torch.isnan(result["mean_dice"])
+        assert torch.isnan(result["dice"][2]) and not torch.isnan(result["mean_dice_all"])
 
     accumulator.reset()
     assert accumulator.num_samples == 0 and not accumulator.counts.any()
@@ -306,7 +306,7 @@ def test_accumulator_empty_class_is_nan_and_perfect_class_is_one() -> None:
     accumulator.update(labels, labels)
     result = accumulator.compute()
     assert result["dice"][:2].tolist() == [1.0, 1.0] and torch.isnan(result["dice"][2])
-    assert result["mean_dice"].item() == 1.0 and result["dice"].dtype == torch.float64
+    assert result["mean_dice_all"].item() == 1.0 and result["dice"].dtype == torch.float64
 
 
 def test_accumulator_defers_value_errors_to_compute() -> None:

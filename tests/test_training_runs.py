@@ -304,7 +304,11 @@ def test_full_disk_keeps_the_last_good_checkpoint(data, tmp_path, capsys, monkey
 def test_best_is_written_only_when_it_improves(data, reference):
     """best/ shares last/'s files of the epoch that improved (hard links): nothing is stored twice."""
     best = json.loads((reference / "best" / "trainer.json").read_text())
-    improved = [r for r in rows(reference / "metrics.csv") if float(r["val_dice"]) == best["val_dice"]]
+    improved = [
+        r
+        for r in rows(reference / "metrics.csv")
+        if float(r["val_mean_dice_foreground"]) == best["val_mean_dice_foreground"]
+    ]
     assert int(improved[0]["epoch"]) == best["epoch"]
     weights = reference / "best" / "model.safetensors"
     if best["epoch"] == EPOCHS:

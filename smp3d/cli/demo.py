@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..metrics import dice_per_class
+from ..metrics import SegmentationMetrics
 from ..training import (
     RunDirectory,
     TrainConfig,
@@ -23,10 +23,10 @@ from ..training import (
     Volume,
     dice_table,
     fit,
-    foreground_classes,
     normalize,
     write_prediction,
 )
+from . import show_progress
 from .predict import predict_volume, to_labels
 
 CLASS_NAMES = ["background", "sphere", "cuboid"]
@@ -88,7 +88,7 @@ def run_demo(args: Any) -> int:
         device=args.device,
         amp=args.amp,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     print(
         f"smp3d demo: {len(train)} training volumes {shape}, 1 validation volume, held-out volume "
@@ -120,12 +120,14 @@ def run_demo(args: Any) -> int:
         mode="multiclass",
         device=device,
         amp=config.amp,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     predicted = torch.from_numpy(to_labels(probabilities, "multiclass").astype(np.int64))
     truth = torch.from_numpy(test.label)  # type: ignore[arg-type]
-    dice = dice_per_class(predicted[None], truth[None], "multiclass", num_classes=3)
-    mean = float(dice[foreground_classes("multiclass", 3)].mean())
+    metrics = SegmentationMetrics("multiclass", num_classes=3)
+    metrics.update(predicted[None], truth[None])
+    scores = metrics.compute()
+    dice, mean = scores["dice"], float(scores["mean_dice_foreground"])
     print(f"held-out volume {test.spatial_shape}, sliding window 32^3 patches, overlap 0.5, gaussian blend:")
     print(dice_table(CLASS_NAMES, [float(d) for d in dice]))
     if args.out:
@@ -133,5 +135,5 @@ def run_demo(args: Any) -> int:
         write_prediction(out, predicted.numpy().astype(np.uint8), test)
         print(f"wrote {out}")
     print(f"time={time.perf_counter() - started:.1f}s device={device}")
-    print(f"dice={mean:.4f}")
+    print(f"mean_dice_foreground={mean:.4f}")
     return 0

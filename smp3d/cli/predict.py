@@ -15,25 +15,57 @@ from ..training import (
     Volume,
     activate,
     check_patch_fits_model,
-    normalize,
+    prepare_volume,
     read_trainer_file,
     read_volume,
     resolve_device,
     write_prediction,
 )
 from ..training.errors import TrainingError as CLIError
+from ..training.geometry import resample_image
 from ..training.volumes import ALL_SUFFIXES, stem_of, suffix_of
+from . import show_progress
+
+
+def _is_model_folder(directory: Path) -> bool:
+    return (directory / "config.json").exists() and (directory / "model.safetensors").exists()
+
+
+def model_folder(directory: Path) -> Path:
+    """The folder of saved weights that ``--checkpoint directory`` means: ``directory`` itself when it
+    holds ``config.json`` and ``model.safetensors``, else the ``best/`` folder of the run directory
+    ``directory`` (the model with the best ``val_mean_dice_foreground``), which is announced on stderr."""
+    if _is_model_folder(directory):
+        return directory
+    best = directory / "best"
+    if _is_model_folder(best):
+        print(
+            f"--checkpoint {directory} is a run directory: using its best/ (the model with the best "
+            "val_mean_dice_foreground; pass --checkpoint DIR/last for the last epoch's)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return best
+    if _is_model_folder(directory / "last"):
+        raise CLIError(
+            f"--checkpoint {directory}: this run directory has no best/ model yet (no validation improved); "
+            f"use --checkpoint {directory / 'last'}"
+        )
+    raise CLIError(
+        f"--checkpoint {directory}: expected config.json and model.safetensors in it, or a run directory of "
+        "smp3d train (with best/)"
+    )
 
 
 def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model saved in ``directory`` and its training configuration (empty when the folder
-    was written by ``save_pretrained`` rather than ``smp3d train``)."""
+    """The model saved in ``directory`` (or in ``directory/best`` for a run directory, see
+    :func:`model_folder`) and its training configuration (empty when the folder was written by
+    ``save_pretrained`` rather than ``smp3d train``)."""
     from ..base.hub import from_pretrained
 
     if not directory.is_dir():
         raise CLIError(f"--checkpoint {directory}: not a directory (expected a folder written by smp3d train)")
-    if not (directory / "config.json").exists() or not (directory / "model.safetensors").exists():
-        raise CLIError(f"--checkpoint {directory}: expected config.json and model.safetensors in it")
+    directory = model_folder(directory)
     trainer = read_trainer_file(directory) or {}
     try:
         model = from_pretrained(directory)
@@ -103,6 +135,20 @@ def predict_volume(
     return probabilities[0]
 
 
+def to_original_grid(probabilities: torch.Tensor, volume: Volume) -> torch.Tensor:
+    """(C, *spatial) probabilities of a resampled ``volume`` brought back (linearly) to its file's shape."""
+    if volume.original_shape is None or tuple(probabilities.shape[1:]) == tuple(volume.original_shape):
+        return probabilities
+    array = resample_image(
+        probabilities.float().cpu().numpy(),
+        volume.original_shape,
+        "linear",
+        spacing=volume.spacing,
+        target_spacing=volume.original_spacing,
+    )
+    return torch.from_numpy(array)
+
+
 def to_labels(probabilities: torch.Tensor, mode: str, threshold: float = 0.5) -> np.ndarray:
     if mode == "multiclass":
         labels = probabilities.argmax(0)
@@ -117,8 +163,9 @@ def to_labels(probabilities: torch.Tensor, mode: str, threshold: float = 0.5) ->
 
 def run_predict(args: Any) -> int:
     directory = Path(args.checkpoint)
+    model: Any  # a SegmentationModel: spatial_dims, segmentation_head, in_channels
     model, trainer = load_checkpoint(directory)
-    spatial_dims = model.spatial_dims
+    spatial_dims = int(model.spatial_dims)
     classes = int(getattr(model.segmentation_head[0], "out_channels", trainer.get("classes", 1)))
     mode = trainer.get("mode") or ("binary" if classes == 1 else "multiclass")
     patch = tuple(args.patch) if args.patch else tuple(trainer.get("patch") or ())
@@ -130,17 +177,26 @@ def run_predict(args: Any) -> int:
         raise CLIError(f"--patch has {len(patch)} sizes but the model is {spatial_dims}D")
     check_patch_fits_model(model, patch)
     how = trainer.get("normalize", "zscore") if args.normalize is None else args.normalize
+    spacing = tuple(args.spacing) if args.spacing else trainer.get("spacing")
+    if spacing is not None and len(spacing) == 1:
+        spacing = tuple(spacing) * spatial_dims
     device = resolve_device(args.device, Dist())
     output_device = torch.device(args.output_device) if args.output_device else None
     model = model.to(device).eval()  # on CUDA the model keeps itself in channels-last (set_channels_last)
     outputs = output_paths(args.input, args.output)
     for spec, out in zip(args.input, outputs, strict=True):
-        volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset)
+        volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset, spacing=spacing)
         if volume.image.shape[0] != model.in_channels:
             raise CLIError(
                 f"{spec}: image has {volume.image.shape[0]} channels but the model expects {model.in_channels}"
             )
-        volume.image = normalize(volume.image, how)
+        prepare_volume(
+            volume,
+            normalization=how,
+            intensity_stats=trainer.get("intensity_stats"),
+            target_spacing=trainer.get("target_spacing"),
+            image_resampling=trainer.get("image_resampling", "linear"),
+        )
         probabilities = predict_volume(
             model,
             volume,
@@ -152,8 +208,10 @@ def run_predict(args: Any) -> int:
             device=device,
             amp=args.amp,
             output_device=output_device,
-            progress=not args.no_progress,
+            progress=show_progress(args),
         )
+        # Back onto the input's own grid (its affine is written unchanged).
+        probabilities = to_original_grid(probabilities, volume)
         if args.probabilities:
             array = probabilities.float().cpu().numpy()
         else:

@@ -19,8 +19,9 @@ def get_preprocessing_params(encoder_name: str, pretrained: str = "imagenet") ->
     """``{"input_space", "input_range", "mean", "std"}`` of the pretrained tag ``pretrained`` of
     ``encoder_name`` (lists, as smp returns them).
 
-    >>> get_preprocessing_params("resnet34")["mean"]
-    [0.485, 0.456, 0.406]
+    Examples:
+        >>> get_preprocessing_params("resnet34")["mean"]
+        [0.485, 0.456, 0.406]
     """
     spec = get_encoder_spec(encoder_name)
     source = spec.weights.get(pretrained)

@@ -2,10 +2,11 @@
 
 :func:`get_stats` counts true/false positives/negatives per sample and class; the score functions (smp 0.6's
 names and reductions, plus :func:`dice_score`) turn counts into numbers. :func:`dice_per_class` and
-:class:`SegmentationMetrics` serve training loops.
+:class:`SegmentationMetrics` serve training loops; the latter reports each score's mean over every class
+(``mean_dice_all``) and over the foreground classes (``mean_dice_foreground``).
 """
 
-from .accumulator import SegmentationMetrics, dice_per_class
+from .accumulator import MetricsResult, SegmentationMetrics, dice_per_class, foreground_classes
 from .scores import (
     REDUCTIONS,
     accuracy,
@@ -32,6 +33,7 @@ from .stats import MODES, get_stats
 __all__ = [
     "MODES",
     "REDUCTIONS",
+    "MetricsResult",
     "SegmentationMetrics",
     "accuracy",
     "balanced_accuracy",
@@ -43,6 +45,7 @@ __all__ = [
     "false_omission_rate",
     "false_positive_rate",
     "fbeta_score",
+    "foreground_classes",
     "get_stats",
     "iou_score",
     "negative_likelihood_ratio",

@@ -2,16 +2,56 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .stats import Threshold, check_inputs, check_mode, count, invalid_values_message
 
-__all__ = ["SegmentationMetrics", "dice_per_class"]
+__all__ = ["MetricsResult", "SegmentationMetrics", "dice_per_class", "foreground_classes"]
 
 # Scores reported per class; each is NaN where its denominator is 0 (see SegmentationMetrics).
 _SCORES = ("dice", "iou", "precision", "recall")
+
+#: Keys of ``compute()`` before the means were named for what they average, and the names that replaced them.
+DEPRECATED_KEYS = {f"mean_{name}": f"mean_{name}_all" for name in _SCORES}
+
+
+def foreground_classes(mode: str, num_classes: int) -> list[int]:
+    """The classes that are not background: all but class 0 in ``'multiclass'`` mode, every class otherwise
+    (a binary or multi-label mask has no background channel)."""
+    return list(range(1, num_classes)) if mode == "multiclass" else list(range(num_classes))
+
+
+class MetricsResult(dict):
+    """The dict that :meth:`SegmentationMetrics.compute` returns.
+
+    It holds the per-class scores and their means under their current names. The old keys ``mean_dice``,
+    ``mean_iou``, ``mean_precision`` and ``mean_recall`` still read (the mean over every class, now
+    ``mean_<score>_all``) but emit a ``FutureWarning`` naming ``mean_<score>_all`` and
+    ``mean_<score>_foreground``; they are not listed by ``keys()`` and will be removed.
+    """
+
+    def __missing__(self, key: Any) -> torch.Tensor:
+        if key in DEPRECATED_KEYS:
+            new = DEPRECATED_KEYS[key]
+            warnings.warn(
+                f"SegmentationMetrics result key {key!r} is deprecated: it is the mean over every class, background "
+                f"included; read {new!r} (same value) or {new.replace('_all', '_foreground')!r} (without the "
+                "background class)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return self[new]
+        raise KeyError(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """As ``dict.get``, also for the deprecated keys (with their warning)."""
+        if key in self or key in DEPRECATED_KEYS:
+            return self[key]
+        return default
 
 
 def _prepare(
@@ -94,7 +134,11 @@ class SegmentationMetrics:
 
     Convention for empty classes: a score whose denominator is 0 is NaN, i.e. Dice and IoU of a class absent
     from both predictions and targets, precision of a class never predicted, recall of a class absent from the
-    targets. The ``mean_*`` entries are ``nanmean`` over classes (NaN only if every class is NaN).
+    targets. Each score has two means, both ``nanmean`` over classes (NaN only if every class averaged is NaN):
+    ``mean_<score>_all`` over every class, background included, and ``mean_<score>_foreground`` over the
+    classes of :func:`foreground_classes` (all but class 0 in ``'multiclass'`` mode; every class otherwise).
+    ``smp3d train`` selects its best model by the second, ``val_mean_dice_foreground``. The former key
+    ``mean_dice`` (and ``mean_iou``, ...) still reads ``mean_dice_all`` with a ``FutureWarning``.
 
     Args:
         mode: ``'binary'``, ``'multilabel'`` or ``'multiclass'``, as in :func:`get_stats`.
@@ -112,7 +156,7 @@ class SegmentationMetrics:
         metrics = SegmentationMetrics("multiclass", num_classes=3)
         for image, label in loader:
             metrics.update(model(image), label)
-        result = metrics.compute()   # {"dice": (3,), ..., "mean_dice": (), ...}
+        result = metrics.compute()   # {"dice": (3,), ..., "mean_dice_all": (), "mean_dice_foreground": (), ...}
     """
 
     def __init__(
@@ -140,6 +184,8 @@ class SegmentationMetrics:
         self.ignore_index = ignore_index
         self.threshold = threshold
         self.reset()
+
+    counts: torch.Tensor  # (4, C) int64: tp, fp, fn, tn per class
 
     def reset(self) -> None:
         """Forget everything seen so far (counts stay on their current device)."""
@@ -185,10 +231,17 @@ class SegmentationMetrics:
         self._invalid += invalid
         self.num_samples += output.shape[0]
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """Per-class ``dice``, ``iou``, ``precision``, ``recall`` ((C,) float64, CPU) and their ``mean_*`` (0-d).
+    def compute(self) -> MetricsResult:
+        """Per-class scores and their means.
 
-        Raises ValueError if any value seen by ``update`` was out of range, RuntimeError if nothing was seen.
+        Returns:
+            A :class:`MetricsResult` (a dict): ``dice``, ``iou``, ``precision``, ``recall`` ((C,) float64, CPU);
+            for each, ``mean_<score>_all`` (over every class) and ``mean_<score>_foreground`` (over
+            :func:`foreground_classes`), 0-d float64, NaN classes left out.
+
+        Raises:
+            ValueError: a value seen by ``update`` was out of range.
+            RuntimeError: nothing was seen.
         """
         if self.num_samples == 0:
             raise RuntimeError("SegmentationMetrics.compute() called before any update().")
@@ -196,8 +249,11 @@ class SegmentationMetrics:
         if how_many:
             raise ValueError(invalid_values_message(self.mode, self.num_classes, self.ignore_index, how_many))
         tp, fp, fn, _ = self.counts.cpu().to(torch.float64)
-        result = _scores(tp, fp, fn)
-        result.update({f"mean_{name}": result[name].nanmean() for name in _SCORES})
+        result = MetricsResult(_scores(tp, fp, fn))
+        foreground = foreground_classes(self.mode, self.num_classes)
+        for name in _SCORES:
+            result[f"mean_{name}_all"] = result[name].nanmean()
+            result[f"mean_{name}_foreground"] = result[name][foreground].nanmean()
         return result
 
     def __repr__(self) -> str:

@@ -255,10 +255,12 @@ def get_stats(
         axes works; counts equal smp 0.6's on the same data flattened to 2D.
 
     Raises:
-        ValueError / TypeError for inconsistent arguments, and ValueError when values are out of range: labels
-        outside 0..C-1 (other than ``ignore_index``) in ``'multiclass'`` mode, or values other than 0/1 without
-        ``threshold``. smp silently drops those; checking them costs one host sync, which
-        :class:`~smp3d.metrics.SegmentationMetrics` defers to ``compute()``.
+        TypeError: arguments of the wrong type: non-tensors, a floating-point ``target``, or a
+            floating-point ``output`` in ``'multiclass'`` mode.
+        ValueError: inconsistent arguments, or values out of range: labels outside 0..C-1 (other than
+            ``ignore_index``) in ``'multiclass'`` mode, or values other than 0/1 without ``threshold``.
+            smp silently drops those; checking them costs one host sync, which
+            :class:`~smp3d.metrics.SegmentationMetrics` defers to ``compute()``.
     """
     classes = check_inputs(output, target, mode, ignore_index, threshold, num_classes)
     tp, fp, fn, tn, invalid = count(output, target, mode, classes, ignore_index, threshold)

@@ -15,8 +15,9 @@ Modules, each with one job: :mod:`.config` (what defines a run), :mod:`.volumes`
 out), :mod:`.patches` (training patches), :mod:`.build` (model, loss, optimizer, schedule),
 :mod:`.distributed` (ranks and devices), :mod:`.evaluation` (validation Dice), :mod:`.loop`
 (the epochs), :mod:`.checkpoints` (what a checkpoint holds), :mod:`.rundir` (the run directory:
-lock, atomic commits, recovery) and :mod:`.metric_log` (metrics rows). The run directory's
-contract is in ``docs/reliability.md``.
+lock, atomic commits, recovery) and :mod:`.metric_log` (metrics rows); :mod:`.fingerprint`,
+:mod:`.plan`, :mod:`.budget` and :mod:`.geometry` (planning, resampling) and :mod:`.prepare` (a planned
+run's config and volumes). The run directory's contract is in ``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from .config import TrainConfig
 from .distributed import Dist, resolve_device
 from .errors import TrainingError
 from .evaluation import activate, dice_table, evaluate, foreground_classes, to_target
+from .fingerprint import Fingerprint, fingerprint_volumes, read_fingerprint
 from .loop import TrainResult, fit, set_seed
 from .patches import PatchDataset, window_starts
+from .plan import Plan, make_plan, read_plan, write_plan
+from .prepare import PreparedRun, prepare_run
 from .rundir import RunDirectory, check_run_directory, open_run_directory
 from .volumes import (
     NORMALIZATIONS,
@@ -36,12 +40,25 @@ from .volumes import (
     expand_specs,
     load_volumes,
     normalize,
+    prepare_volume,
     read_volume,
+    read_volumes,
     write_prediction,
 )
 
 __all__ = [
     "NORMALIZATIONS",
+    "Fingerprint",
+    "Plan",
+    "PreparedRun",
+    "fingerprint_volumes",
+    "make_plan",
+    "prepare_run",
+    "prepare_volume",
+    "read_fingerprint",
+    "read_plan",
+    "read_volumes",
+    "write_plan",
     "Dist",
     "PatchDataset",
     "Progress",

@@ -141,7 +141,7 @@ def checkpoint_files(
 ) -> CheckpointFiles:
     """Serialise the state after ``progress.epoch``: weights, optimizer and scheduler, counters and
     ``metrics`` (the CSV of ``progress.rows``). ``best`` holds the ``trainer.json`` entries of a
-    new best model (``epoch``, ``val_dice``, ...), or is None when ``best/`` stays as it is."""
+    new best model (``epoch``, ``val_mean_dice_foreground``, ...), or is None when ``best/`` stays as it is."""
     state = {
         "format": STATE_FORMAT,
         "optimizer": optimizer.state_dict(),

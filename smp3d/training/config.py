@@ -45,6 +45,9 @@ class TrainConfig:
     nothing), ``device`` (auto, cpu, cuda, cuda:N), ``amp`` (bf16 autocast), ``channels_last``
     (None: on CUDA only), ``checkpointing`` (activation checkpointing, :data:`CHECKPOINTING`),
     ``seed``, ``progress`` (progress bars on stderr).
+    Geometry: ``target_spacing``, ``spacing``, ``image_resampling``, ``label_resampling``,
+    ``intensity_stats`` and ``label_map`` say how the volumes were read (``smp3d predict`` reads
+    them to bring its inputs onto the training grid and the predictions back).
     """
 
     arch: str = "unet"
@@ -81,11 +84,25 @@ class TrainConfig:
     checkpointing: str = "none"  # activation checkpointing: none | encoder | decoder | both
     seed: int = 0
     progress: bool = True
+    # Geometry and intensities (smp3d plan, docs/recipe.md): volumes are normalised with ``normalize``
+    # (``ct`` uses ``intensity_stats``, one dict per channel), then resampled to ``target_spacing``
+    # (None: as stored) with ``image_resampling`` / ``label_resampling``; ``spacing`` is the voxel size
+    # of files without a header (HDF5, NumPy); ``label_map`` remaps label values on load.
+    target_spacing: tuple[float, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    image_resampling: str = "linear"  # linear | cubic
+    label_resampling: str = "nearest"  # nearest | onehot
+    intensity_stats: list[dict[str, float]] | None = None
+    label_map: dict[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["patch"] = list(self.patch)
         data["stride"] = list(self.stride) if self.stride else None
+        for key in ("target_spacing", "spacing"):
+            data[key] = None if data[key] is None else list(data[key])
+        if self.label_map is not None:
+            data["label_map"] = {str(k): v for k, v in self.label_map.items()}
         return data
 
 

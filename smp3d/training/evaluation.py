@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..metrics.accumulator import foreground_classes  # the classes whose mean Dice selects the best model
 from .config import TrainConfig, channels_last_for
 from .volumes import Volume
 
@@ -26,11 +27,6 @@ def activate(logits: torch.Tensor, mode: str) -> torch.Tensor:
     return logits.float().softmax(1) if mode == "multiclass" else logits.float().sigmoid()
 
 
-def foreground_classes(mode: str, classes: int) -> list[int]:
-    """The classes whose mean Dice selects the best model (all but class 0 for multi-class)."""
-    return list(range(1, classes)) if mode == "multiclass" else list(range(classes))
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -39,8 +35,12 @@ def evaluate(
     device: torch.device,
     loss_fn: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Segment each volume with the sliding window; return ``val_loss`` (the mean loss, NaN
-    without ``loss_fn``), ``val_dice`` (mean foreground Dice) and ``dice_per_class``."""
+    """Segment each volume with the sliding window and score it.
+
+    Returns:
+        ``val_loss`` (the mean loss, NaN without ``loss_fn``), ``val_mean_dice_foreground`` (the mean Dice of
+        :func:`foreground_classes`, classes absent from prediction and target left out) and ``dice_per_class``.
+    """
     from ..inference import sliding_window_inference
     from ..metrics import SegmentationMetrics
 
@@ -72,13 +72,11 @@ def evaluate(
         else:
             metrics.update(logits.sigmoid(), target.round().long())
     model.train(was_training)
-    dice = metrics.compute()["dice"]
-    fg = dice[foreground_classes(config.mode, config.classes)]
-    fg = fg[~fg.isnan()]
+    scores = metrics.compute()
     return {
         "val_loss": float(np.mean(losses)) if losses else float("nan"),
-        "val_dice": float(fg.mean()) if len(fg) else float("nan"),
-        "dice_per_class": [float(d) for d in dice],
+        "val_mean_dice_foreground": float(scores["mean_dice_foreground"]),
+        "dice_per_class": [float(d) for d in scores["dice"]],
     }
 
 

@@ -37,7 +37,7 @@ from .config import CHECKPOINTING, MODES, TrainConfig, channels_last_for
 from .distributed import Dist, init_distributed, resolve_device, share_from_main
 from .errors import TrainingError
 from .evaluation import evaluate, to_target
-from .metric_log import Row, TensorBoardLog, csv_text, format_row, metric_fields, read_rows
+from .metric_log import VAL_SCORE, Row, TensorBoardLog, csv_text, format_row, metric_fields, read_rows
 from .patches import PatchDataset
 from .rundir import RunDirectory, open_run_directory
 from .volumes import Volume, check_labels
@@ -207,16 +207,16 @@ def end_of_epoch(
     due = bool(val_volumes) and (epoch % config.validate_every == 0 or epoch == config.epochs)
     if parts.dist_info.main and due:
         metrics = evaluate(parts.model, val_volumes, config, parts.device, parts.loss_fn)
-        row.update(val_loss=metrics["val_loss"], val_dice=metrics["val_dice"])
+        row.update({"val_loss": metrics["val_loss"], VAL_SCORE: metrics[VAL_SCORE]})
         row.update(zip(dice_keys, metrics["dice_per_class"], strict=True))
-        if metrics["val_dice"] > progress.best:
-            progress.best, progress.stale, improved = metrics["val_dice"], 0, True
+        if metrics[VAL_SCORE] > progress.best:
+            progress.best, progress.stale, improved = metrics[VAL_SCORE], 0, True
         else:
             progress.stale += 1
             stop = config.patience is not None and progress.stale >= config.patience
-    improved, stop, row["val_dice"] = share_from_main(parts.dist_info, (improved, stop, row["val_dice"]))  # type: ignore[misc]
-    if isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(row["val_dice"]):
-        parts.scheduler.step(row["val_dice"])  # before the checkpoint, so that it holds this step
+    improved, stop, row[VAL_SCORE] = share_from_main(parts.dist_info, (improved, stop, row[VAL_SCORE]))  # type: ignore[misc]
+    if isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(row[VAL_SCORE]):
+        parts.scheduler.step(row[VAL_SCORE])  # before the checkpoint, so that it holds this step
     return improved, stop
 
 
@@ -248,7 +248,7 @@ class Recorder:
             return
         best = None
         if improved:
-            best = {"epoch": progress.epoch, "iteration": progress.iteration, "val_dice": progress.best}
+            best = {"epoch": progress.epoch, "iteration": progress.iteration, VAL_SCORE: progress.best}
             best["dice_per_class"] = {
                 name: row[key] for name, key in zip(self.class_names, self.dice_keys, strict=True)
             }
@@ -367,7 +367,7 @@ def fit(
                 "lr": parts.optimizer.param_groups[0]["lr"],
                 "train_loss": train_loss,
                 "val_loss": float("nan"),
-                "val_dice": float("nan"),
+                VAL_SCORE: float("nan"),
             }
             improved, stop = end_of_epoch(config, parts, val_volumes, progress, row, recorder.dice_keys)
             progress.epoch = epoch + 1
@@ -378,7 +378,7 @@ def fit(
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()}
                 recorder.record(parts, progress, row, improved, has_validation=bool(val_volumes))
                 if stop:
-                    best = f"best val_dice {progress.best:.4f}"
+                    best = f"best {VAL_SCORE} {progress.best:.4f}"
                     log(f"early stopping: no improvement in {progress.stale} validations ({best})")
             if stop:
                 break

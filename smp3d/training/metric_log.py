@@ -14,10 +14,18 @@ from typing import Any
 
 Row = dict[str, Any]
 
+#: The validation score that selects the best model: the mean Dice of the foreground classes
+#: (``SegmentationMetrics``' ``mean_dice_foreground``), the same name in the CSV, the console and ``trainer.json``.
+VAL_SCORE = "val_mean_dice_foreground"
+
+#: Columns renamed since older runs wrote their ``metrics.csv``: old name -> current name. :func:`read_rows`
+#: applies it, so a run written before the rename resumes (and its rows are rewritten under the new names).
+RENAMED_COLUMNS = {"val_dice": VAL_SCORE}
+
 
 def metric_fields(class_names: list[str]) -> list[str]:
     """The columns of ``metrics.csv``: one Dice column per class after the fixed ones."""
-    return ["epoch", "iteration", "lr", "train_loss", "val_loss", "val_dice", "seconds"] + [
+    return ["epoch", "iteration", "lr", "train_loss", "val_loss", VAL_SCORE, "seconds"] + [
         f"dice_{name}" for name in class_names
     ]
 
@@ -32,17 +40,19 @@ def csv_text(rows: list[Row], fields: list[str]) -> bytes:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """The rows of a ``metrics.csv`` (values as the strings written)."""
+    """The rows of a ``metrics.csv`` (values as the strings written), old column names renamed
+    (:data:`RENAMED_COLUMNS`)."""
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    return [{RENAMED_COLUMNS.get(key, key): value for key, value in row.items()} for row in rows]
 
 
 def format_row(row: Row, dice_keys: list[str]) -> str:
     """One console line for an epoch."""
     parts = [f"epoch {row['epoch']:>3}", f"iter {row['iteration']:>5}", f"loss {row['train_loss']:.4f}"]
-    if not math.isnan(row.get("val_dice", float("nan"))):
+    if not math.isnan(float(row.get(VAL_SCORE, float("nan")))):
         parts.append(f"val_loss {row['val_loss']:.4f}")
-        parts.append(f"val_dice {row['val_dice']:.4f}")
+        parts.append(f"{VAL_SCORE} {row[VAL_SCORE]:.4f}")
         parts.append("[" + " ".join(f"{row[k]:.3f}" for k in dice_keys) + "]")
     parts.append(f"lr {row['lr']:.2e}")
     parts.append(f"{row['seconds']:.0f}s")
@@ -76,4 +86,13 @@ class TensorBoardLog:
             self.writer.close()
 
 
-__all__ = ["Row", "TensorBoardLog", "csv_text", "format_row", "metric_fields", "read_rows"]
+__all__ = [
+    "RENAMED_COLUMNS",
+    "VAL_SCORE",
+    "Row",
+    "TensorBoardLog",
+    "csv_text",
+    "format_row",
+    "metric_fields",
+    "read_rows",
+]

@@ -38,10 +38,20 @@ class MedNeXt(SegmentationModel):
         encoder_weights: ``None``, a pretrained tag, or a local ``.safetensors`` file/folder.
         kernel_size: depthwise kernel size of a MedNeXt encoder and of the decoder (3 or 5 in MedNeXt);
             ``None`` keeps the encoder's (3). Passed to the encoder's builder when given.
-        decoder_kernel_size, decoder_expansion_ratios, decoder_blocks, decoder_residual: the decoder's
-            layout (ratios and blocks per stage, deepest first, or one int); ``None`` takes the encoder's
-            ``decoder_defaults`` (MedNeXt's layout of its size), else 3 / 2 / 2 / True.
-        in_channels, classes, activation, aux_params, spatial_dims, strides: as in every architecture.
+        decoder_kernel_size: depthwise kernel of the decoder; ``None`` takes the encoder's
+            ``decoder_defaults`` (MedNeXt's layout of its size), else 3.
+        decoder_expansion_ratios: expansion ratio per decoder stage (deepest first) or one int; ``None``
+            takes the encoder's ``decoder_defaults``, else 2.
+        decoder_blocks: blocks per decoder stage (deepest first) or one int; ``None`` takes the
+            encoder's ``decoder_defaults``, else 2.
+        decoder_residual: residual connections in the decoder's up blocks; ``None`` takes the
+            encoder's ``decoder_defaults``, else True.
+        in_channels: channels of the input, as in every architecture.
+        classes: channels of the output mask.
+        activation: applied to the mask (``None``, a name such as ``"softmax"``, or a callable).
+        aux_params: options of the optional classification head, as in :class:`smp3d.Unet`.
+        spatial_dims: 2 for images ``(B, C, H, W)``, 3 for volumes ``(B, C, H, W, D)``.
+        strides: per-stage encoder strides, ints or per-axis tuples; ``None`` takes the encoder's.
         deep_supervision: add a 1x1 head per coarser level; in training mode ``forward`` then returns
             ``[mask, coarser masks ...]`` (the deepest level's mask excluded, as nnU-Net does; its head is kept
             so MedNeXt checkpoints load), in eval mode only the mask.

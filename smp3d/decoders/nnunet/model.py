@@ -36,7 +36,12 @@ class NNUNet(SegmentationModel):
             ``kernel_sizes`` attribute when it has one (nnU-Net's encoders do), else 3.
         decoder_convs_per_block: conv units per decoder block, an int or one per block (deepest first).
         decoder_conv_bias: biases on the decoder's convolutions (nnU-Net: True).
-        in_channels, classes, activation, aux_params, spatial_dims, strides: as in :class:`smp3d.Unet`.
+        in_channels: channels of the input (as in :class:`smp3d.Unet`).
+        classes: channels of the output mask.
+        activation: applied to the mask (``None``, a name such as ``"softmax"``, or a callable).
+        aux_params: options of the optional classification head, as in :class:`smp3d.Unet`.
+        spatial_dims: 2 for images ``(B, C, H, W)``, 3 for volumes ``(B, C, H, W, D)``.
+        strides: per-stage encoder strides, ints or per-axis tuples; ``None`` takes the encoder's.
         deep_supervision: add a 1x1 head to every coarser decoder level; in training mode ``forward``
             then returns ``[mask, coarser masks ...]`` (all decoder levels, as nnU-Net's network does;
             nnU-Net's loss gives the coarsest weight 0), in eval mode only the mask.
