@@ -27,7 +27,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .timm_attention import _PatchMergingNd, _SwinBlockNd, absolute_offset_bias, relative_position_bias
+from .timm_attention import (
+    _crop,
+    _PatchMergingNd,
+    _rel_pos_bias,
+    _SwinBlockNd,
+    absolute_offset_bias,
+    pad_to_multiple,
+    relative_position_bias,
+    window_partition,
+    window_reverse,
+)
 
 __all__ = ["FAMILY_MIXINS"]
 
@@ -323,9 +333,7 @@ class _LocalWindowAttentionNd:
     ``min(window, size)`` along added axes."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .timm_attention import window_partition, window_reverse
-
-        batch, channels, sizes = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        sizes = tuple(x.shape[2:])
         ws = self.attn.resolution
         window = (ws, ws) + tuple(min(ws, s) for s in sizes[2:])
         if sizes == window:
@@ -391,8 +399,6 @@ class _LocallyGroupedAttnNd:
     pads), ``min(window, size)`` along added axes."""
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        from .timm_attention import _crop, pad_to_multiple, window_partition, window_reverse
-
         batch, tokens, channels = x.shape
         sizes = tuple(size)
         window = (self.ws, self.ws) + tuple(min(self.ws, s) for s in sizes[2:])
@@ -484,8 +490,6 @@ class _GcVitWindowAttentionNd:
     def forward(
         self, x: torch.Tensor, q_global: torch.Tensor | None = None, window: Sequence[int] | None = None
     ) -> torch.Tensor:
-        from .timm_attention import _rel_pos_bias
-
         batch, tokens, channels = x.shape
         window = tuple(window) if window is not None else tuple(self.window_size)
         if self.use_global and q_global is not None:
@@ -507,8 +511,6 @@ class _GcVitBlockNd:
     global query (pooled to the window at timm's ``img_size``) is resized to the window of the actual input."""
 
     def _window_attn(self, x: torch.Tensor, q_global: torch.Tensor | None = None) -> torch.Tensor:
-        from .timm_attention import _crop, pad_to_multiple, window_partition, window_reverse
-
         sizes, channels = tuple(x.shape[1:-1]), x.shape[-1]
         window = _window_of(self.window_size, sizes)
         x = pad_to_multiple(x, window)
@@ -643,8 +645,6 @@ class _ShmaNd:
     ``min(window, size)`` along added axes; zero-padded as timm pads, cropped after)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .timm_attention import window_partition, window_reverse
-
         sizes = tuple(x.shape[2:])
         window = padded = None
         if self.window_size and self.window_size > 0:
@@ -754,8 +754,6 @@ class _HieraDetBlockNd:
     ``min(window, size)`` rounded up to the query stride), zero-padded as timm pads, cropped after."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .timm_attention import _crop, pad_to_multiple, window_partition, window_reverse
-
         shortcut = x
         x = self.norm1(x)
         if self.dim != self.dim_out:
@@ -859,7 +857,9 @@ class _CoatParallelBlockNd:
     def interpolate(self, x: torch.Tensor, scale_factor: float, size: Sequence[int]) -> torch.Tensor:
         cls_token, img = _cls_and_map(x, size)
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[img.ndim - 2]
-        img = F.interpolate(img, scale_factor=scale_factor, recompute_scale_factor=False, mode=mode, align_corners=False)
+        img = F.interpolate(
+            img, scale_factor=scale_factor, recompute_scale_factor=False, mode=mode, align_corners=False
+        )
         return torch.cat((cls_token, img.reshape(img.shape[0], img.shape[1], -1).transpose(1, 2)), dim=1)
 
 

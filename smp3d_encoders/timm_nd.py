@@ -24,8 +24,9 @@ timm's networks are written for (B, C, H, W) images. Two mechanisms carry them t
 The rule for a missing depth entry is the same everywhere: where a 2D argument is equal along H
 and W (a square kernel, an isotropic stride, symmetric padding), depth gets that value; where
 they differ (Inception's 1x7 and 7x1 kernels), depth gets the neutral value (kernel 1, stride
-1, padding 0). In 2D only the attention layers of :mod:`.timm_attention` are switched (they equal timm's
-where timm accepts the input and pad where timm asserts a size); the rest of the timm network is used as it is.
+1, padding 0). In 2D only the attention layers of :mod:`.timm_attention` and
+:mod:`.timm_attention_families` are switched (they equal timm's where timm accepts the input and
+pad where timm asserts a size); the rest of the timm network is used as it is.
 """
 
 from __future__ import annotations
@@ -561,7 +562,9 @@ class SpatialNdMode(TorchFunctionMode):
 
         return rewrite
 
-    def _avg_pool3d(self, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor=None):
+    def _avg_pool3d(
+        self, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor=None
+    ):
         """torch's 3D average pool refuses an axis shorter than its kernel even where the padding covers it
         (its 2D pool takes it): such an input is padded here first, with the same divisor."""
         kernel = extend(kernel_size, 3, 1)
@@ -573,7 +576,9 @@ class SpatialNdMode(TorchFunctionMode):
         out = F.avg_pool3d(F.pad(x, pads), kernel, stride, 0, ceil_mode, True, divisor)
         if not count_include_pad and divisor is None and any(pad):
             ones = F.pad(torch.ones_like(x[:1, :1]), pads)
-            out = out / F.avg_pool3d(ones, kernel, stride, 0, ceil_mode, True, None)  # sum / prod(kernel) -> sum / count
+            out = out / F.avg_pool3d(
+                ones, kernel, stride, 0, ceil_mode, True, None
+            )  # sum / prod(kernel) -> sum / count
         return out
 
     def _adaptive(self, fn3d: Callable) -> Callable:

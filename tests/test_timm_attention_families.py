@@ -82,6 +82,7 @@ def test_depth_constant_volume_gives_the_2d_features(name: str) -> None:
     report = inflation_report(encoder_2d, encoder_3d, image=image, depth=2, mode="i3d", dtype=torch.float64)
     assert report.max_rel < 1e-5, report
 
+
 @pytest.mark.parametrize("name", list(TIMM_2D))
 def test_2d_conversion_gives_timms_outputs(name: str) -> None:
     """In 2D the N-D classes are timm's model (float64: random weights make some features large)."""
