@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.families:
         command += f" --families {args.families}"
     if args.output.resolve() != (ROOT / "docs" / "timm_coverage.md").resolve():
-        command += f" --output {args.output.resolve().relative_to(ROOT.resolve())}"
+        out = args.output.resolve()
+        command += f" --output {out.relative_to(ROOT.resolve()) if out.is_relative_to(ROOT.resolve()) else out}"
     text = report(results, command, args.limit_per_family)
     tmp = args.output.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -1024,6 +1024,63 @@ class _LevitNd:
         return x, intermediates
 
 
+# -- PiT ---------------------------------------------------------------------------------------------------
+
+
+class _PitTransformerNd:
+    """PiT's stage (optional pooling, then blocks over the class tokens and every spatial position)."""
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, cls_tokens = x
+        prefix = cls_tokens.shape[1]
+        if self.pool is not None:
+            x, cls_tokens = self.pool(x, cls_tokens)
+        shape = x.shape
+        x = torch.cat((cls_tokens, x.flatten(2).transpose(1, 2)), dim=1)
+        x = self.blocks(self.norm(x))
+        return x[:, prefix:].transpose(1, 2).reshape(shape), x[:, :prefix]
+
+
+class _PitNd:
+    """PiT's intermediates for any input size and rank: the position embedding resized to the actual grid and
+    copied along added axes."""
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        if output_fmt != "NCHW":
+            raise ValueError(f"PiT gives NCHW intermediates only, got output_fmt={output_fmt!r}.")
+        take, max_index = _take_indices(len(self.transformers), indices)
+        x = self.patch_embed(x)
+        x = self.pos_drop(x + abs_pos_embed_nd(self.pos_embed, x.shape[2:]).to(x.dtype))
+        cls_tokens = self.cls_token.expand(x.shape[0], -1, -1)
+        stages = self.transformers[: max_index + 1] if stop_early else self.transformers
+        intermediates = []
+        idx = 0
+        for idx, stage in enumerate(stages):
+            x, cls_tokens = stage((x, cls_tokens))
+            if idx in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if idx == len(self.transformers) - 1:
+            cls_tokens = self.norm(cls_tokens)
+        return cls_tokens, intermediates
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        x = self.pos_drop(x + abs_pos_embed_nd(self.pos_embed, x.shape[2:]).to(x.dtype))
+        cls_tokens = self.cls_token.expand(x.shape[0], -1, -1)
+        _, cls_tokens = self.transformers((x, cls_tokens))
+        return self.norm(cls_tokens)
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -1065,4 +1122,7 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.levit.AttentionDownsample": _LevitAttentionDownsampleNd,
     "timm.models.levit.Levit": _LevitNd,
     "timm.models.levit.LevitDistilled": _LevitNd,
+    "timm.models.pit.Transformer": _PitTransformerNd,
+    "timm.models.pit.PoolingVisionTransformer": _PitNd,
+    "timm.models.pit.DistilledPoolingVisionTransformer": _PitNd,
 }
