@@ -139,8 +139,9 @@ REFUSED = {
     "not written yet (HieraDet, SAM 2's variant, converts).",
     "mvitv2": "MViT v2's pooling attention reshapes tokens to the build-time feature size for its pooling "
     "convolutions and adds decomposed relative-position terms per axis; its N-D rewrite is not written yet.",
-    "vision_transformer_hybrid": "a plain ViT on a CNN stem (one reduction for every block): handled as a "
-    "single-scale encoder by smp3d_encoders/timm_vit.py, not by this conversion.",
+    "vision_transformer_hybrid": "a plain ViT on a CNN stem: the stem's features are at several reductions but "
+    "every ViT block at one; the ViT part is the single-scale encoder work of smp3d_encoders/timm_vit.py, "
+    "which this conversion leaves to it.",
 }
 
 
