@@ -11,6 +11,7 @@ from .base import SegmentationModel
 from .base.fold import fold_batchnorm
 from .base.hub import from_pretrained
 from .decoders import (
+    DPT,
     FPN,
     PAN,
     DeepLabV3,
@@ -55,6 +56,7 @@ __all__ = [
     "PAN",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "DPT",
     "EncoderSpec",
     "Linknet",
     "MAnet",

@@ -7,6 +7,7 @@ from typing import Any
 
 from .base import SegmentationModel
 from .decoders import (
+    DPT,
     FPN,
     PAN,
     DeepLabV3,
@@ -41,6 +42,7 @@ _CLASSES: tuple[type[SegmentationModel], ...] = (
     HRNet,
     NNUNet,
     MedNeXt,
+    DPT,
 )
 
 #: Lower-case name -> class: smp's names (the class names, lower-cased) and common spellings.

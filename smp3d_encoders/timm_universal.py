@@ -522,7 +522,21 @@ def resolve(rest: str) -> EncoderSpec:
     weights = _weights(arch, tag or None)
     if tag and tag not in weights:
         raise LookupError(f"timm has no pretrained tag {tag!r} for {arch!r}; tags: {', '.join(sorted(weights))}.")
+    blocks = _single_scale_blocks(arch)
+    if blocks:  # plain ViTs and other one-reduction models: smp3d_encoders.timm_vit
+        from .timm_vit import vit_spec
+
+        return vit_spec(arch, weights, f"timm's {rest} (single-scale), converted by smp3d", blocks)
     return _spec(arch, weights, f"timm's {rest}, converted by smp3d")
+
+
+def _single_scale_blocks(timm_name: str) -> int:
+    """The number of features of a model whose features all share one reduction (a plain ViT's blocks), else 0."""
+    try:
+        info = _feature_info(timm_name)
+    except ConversionError:  # unbuildable: the ordinary build reports it
+        return 0
+    return len(info) if len(info) > 1 and len({r for _, r in info}) == 1 else 0
 
 
 def _alias_spec(name: str, timm_name: str, tag: str) -> EncoderSpec:

@@ -253,8 +253,9 @@ def test_unknown_pretrained_tag_is_refused() -> None:
 
 
 def test_non_hierarchical_model_is_refused_clearly() -> None:
-    with pytest.raises(ConversionError, match="not hierarchical"):
-        _tu("vit_tiny_patch16_224")
+    # plain ViTs are single-scale encoders (tests/test_timm_vit.py); an MLP-Mixer is not one
+    with pytest.raises(ConversionError, match="single-scale but not a plain ViT"):
+        _tu("mixer_s16_224")
 
 
 def test_unconvertible_module_is_named() -> None:

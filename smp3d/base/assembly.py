@@ -84,13 +84,18 @@ def build_encoder(
     spatial_dims: int,
     strides: StridesArg,
     output_stride: int | Sequence[int] | None = None,
+    single_scale_ok: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """The encoder of an ``arch`` model; with ``output_stride`` its deepest strides become dilation
     (per axis, only where its reduction exceeds the target; see :mod:`smp3d.encoders.dilation`).
 
     ``deep_supervision`` reaches here only from architectures that do not take it (their decoder has
-    a single resolution level): ``False`` is accepted, ``True`` refused with the reason."""
+    a single resolution level): ``False`` is accepted, ``True`` refused with the reason.
+
+    Single-scale encoders (``encoder.single_scale`` true: every feature at one reduction, as a plain
+    ViT's blocks) are refused with a ValueError unless the architecture builds its own pyramid from
+    them and says so with ``single_scale_ok=True`` (DPT, UNETR)."""
     refuse_deep_supervision(arch, kwargs)
     encoder = get_encoder(
         encoder_name,
@@ -101,6 +106,13 @@ def build_encoder(
         strides=strides,
         **kwargs,
     )
+    if getattr(encoder, "single_scale", False) and not single_scale_ok:
+        raise ValueError(
+            f"{arch} needs an encoder with a feature pyramid, but {encoder_name!r} is single-scale: every feature "
+            f"is at the reduction {tuple(encoder.reductions[-1])} (a plain ViT: one patch embedding, then blocks "
+            f"at one resolution). Use an architecture that builds the pyramid itself: smp3d.DPT or smp3d.UNETR; or "
+            f"a hierarchical encoder (a CNN, MiT, Swin) with {arch}."
+        )
     dilate_encoder(encoder, output_stride, owner=f"{arch}({encoder_name!r})")
     return encoder
 

@@ -187,6 +187,13 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         metavar="AXIS",
         help="flip only these spatial axes (0-based), e.g. 0 for left-right only (default: all)",
     )
+    data.add_argument(
+        "--augment",
+        choices=("nnunet", "flips", "none"),
+        default="nnunet",
+        help="batched augmentation on the training device: nnU-Net's transform set and probabilities, "
+        "mirroring only, or nothing (docs/augment.md); mirroring uses the --flip-axes",
+    )
     model = train.add_argument_group("model")
     model.add_argument(
         "--arch",
@@ -460,6 +467,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         iters=args.iters,
         foreground=args.foreground,
         flip=False if args.no_flip else (tuple(args.flip_axes) if args.flip_axes else True),
+        augment=args.augment,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

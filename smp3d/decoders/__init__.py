@@ -1,6 +1,7 @@
 """Architectures: one folder each, ``decoder.py`` (the decoder) + ``model.py`` (the assembly)."""
 
 from .deeplabv3 import DeepLabV3, DeepLabV3Plus
+from .dpt import DPT
 from .fpn import FPN
 from .hrnet import HRNet
 from .linknet import Linknet
@@ -20,6 +21,7 @@ __all__ = [
     "PAN",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "DPT",
     "Linknet",
     "MAnet",
     "NNUNet",

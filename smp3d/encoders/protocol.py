@@ -19,6 +19,12 @@ Optional metadata a decoder may read (absent means ``False``):
   it through :func:`smp3d.encoders.dilation.dilate_encoder`; an encoder without it works with
   every architecture except at an ``encoder_output_stride`` below its own. Subclasses of
   :class:`Encoder` get it by implementing :meth:`Encoder.stage_modules`.
+- ``single_scale: bool``: every feature from 1 on is at one reduction (a plain ViT: one patch
+  embedding, then blocks on one token grid; ``reductions`` say so honestly). Pyramid decoders refuse
+  such an encoder (:func:`smp3d.base.assembly.build_encoder`); DPT and UNETR build their own pyramid.
+- ``num_prefix_tokens: int`` and ``forward_tokens(x) -> (features, prefix_tokens)``: the features of
+  ``forward`` and, per feature from 1 on, the ``(B, num_prefix_tokens, C)`` prefix (class, register)
+  tokens of that block; DPT's readout uses them. See docs/transformers.md.
 
 Feature ``i`` of an input of spatial size ``n`` has size ``n / reductions[i]`` per axis when
 ``n`` is divisible by the reduction; otherwise the rounding is the family's own (ceil for

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..augment.presets import PRESETS as AUGMENTATIONS
+
 LOSSES = ("ce", "wce", "bce", "dice", "gdl", "focal", "tversky", "lovasz")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "plateau", "constant")
@@ -38,6 +40,9 @@ class TrainConfig:
     patches ``stride`` apart, with it ``iters`` batches of random patches, ``foreground`` of them
     centred on a labelled voxel; ``flip`` is True (every axis), False, or the axes to flip.
     ``normalize`` records how the volumes were normalised (the caller normalises them).
+    ``augment`` names the batched augmentation on the training device (:data:`AUGMENTATIONS`:
+    ``nnunet``, nnU-Net's transform set and probabilities; ``flips``; ``none``), whose mirroring
+    uses the ``flip`` axes; see ``docs/augment.md``.
     Optimisation: ``optimizer`` (:data:`OPTIMIZERS`), ``lr``, ``weight_decay``, ``scheduler``
     (:data:`SCHEDULERS`, cosine per iteration down to ``min_lr``), ``patience`` (validations
     without improvement before stopping), ``validate_every`` (epochs).
@@ -69,6 +74,7 @@ class TrainConfig:
     foreground: float = 0.33
     flip: bool | tuple[int, ...] = True  # True: every spatial axis; or the axes to flip
     normalize: str = "zscore"
+    augment: str = "nnunet"  # nnunet | flips | none (smp3d.augment presets, on the training device)
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -113,4 +119,13 @@ def channels_last_for(config: TrainConfig, device: torch.device) -> bool:
     return config.channels_last
 
 
-__all__ = ["CHECKPOINTING", "LOSSES", "MODES", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "channels_last_for"]
+__all__ = [
+    "AUGMENTATIONS",
+    "CHECKPOINTING",
+    "LOSSES",
+    "MODES",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "TrainConfig",
+    "channels_last_for",
+]

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .augmentation import build_augment
 from .build import build_loss, build_model, build_optimizer, build_scheduler, deep_supervision_loss
 from .checkpoints import Progress, checkpoint_files, load_training_state, model_card_files, pause_point
 from .config import CHECKPOINTING, MODES, TrainConfig, channels_last_for
@@ -71,6 +72,7 @@ class Parts:
     scheduler: Any
     device: torch.device
     dist_info: Dist
+    augment: Any = None  # smp3d.augment.Augment: applied to each batch on the device
 
 
 def check_inputs(config: TrainConfig, train_volumes: list[Volume], val_volumes: list[Volume]) -> nn.Module:
@@ -95,14 +97,16 @@ def build_parts(
     model.set_channels_last(channels_last_for(config, device))  # the run's choice, not only the CUDA default
     model.set_checkpointing(**CHECKPOINTING[config.checkpointing])
     model = model.to(device)
+    augment = build_augment(config)
     dataset = PatchDataset(
         train_volumes,
         config.patch,
         config.stride,
         samples=None if config.iters is None else config.iters * config.batch_size * dist_info.world,
         foreground=config.foreground,
-        flip=config.flip,
+        flip=False,  # the augmentation mirrors, on the device
         seed=config.seed,
+        window=augment.input_shape(),
     )
     if len(dataset) < config.batch_size * dist_info.world:
         raise TrainingError(
@@ -139,6 +143,7 @@ def build_parts(
         scheduler,
         device,
         dist_info,
+        augment,
     )
 
 
@@ -172,7 +177,10 @@ def train_one_epoch(config: TrainConfig, parts: Parts, epoch: int, progress: Pro
     )
     for image, label in bar:
         image = image.to(parts.device, non_blocking=True)  # the model converts it to its layout once
-        target = to_target(label.to(parts.device, non_blocking=True), config.mode)
+        label = label.to(parts.device, non_blocking=True)
+        if parts.augment is not None:
+            image, label = parts.augment(image, label)
+        target = to_target(label, config.mode)
         with autocast:
             logits = parts.train_model(image)
         # A deep-supervised model returns [mask, coarser masks ...] in training.

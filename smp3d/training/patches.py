@@ -1,5 +1,8 @@
 """Patches of in-memory volumes for training: a grid at a stride, or random windows with
-foreground oversampling, each flipped at random along chosen axes."""
+foreground oversampling (a class first, then a voxel of it), each flipped at random along
+chosen axes. Random patches may reach past the volume's borders (the outside reads 0, label
+background) so that border voxels are seen as often as others; each patch can be read with a
+larger window around it, for augmentation that rotates (see :meth:`smp3d.augment.Augment.input_shape`)."""
 
 from __future__ import annotations
 
@@ -36,9 +39,20 @@ def check_patch(volumes: list[Volume], patch: tuple[int, ...], what: str = "--pa
 
 class PatchDataset(torch.utils.data.Dataset):
     """Patches of in-memory volumes: a shuffled-by-the-sampler grid at ``stride``, or, when
-    ``samples`` is given, that many random windows per epoch (``foreground`` of them centred
-    on a labelled voxel). Each spatial axis in ``flip`` (all of them for ``True``, none for
-    ``False``) is flipped at random, with probability 1/2, independently of the others."""
+    ``samples`` is given, that many random windows per epoch. Each spatial axis in ``flip`` (all
+    of them for ``True``, none for ``False``) is flipped at random, with probability 1/2,
+    independently of the others.
+
+    Random windows: a fraction ``foreground`` of them is centred on a labelled voxel, found as
+    nnU-Net does: a foreground class present in the volume is drawn first (uniformly, so rare
+    classes are seen as often as common ones), then one of its voxels. A patch may reach
+    ``reach`` voxels past each border (default: an eighth of the patch per axis); what lies
+    outside reads 0 in the image and 0 (background) in the label.
+
+    ``window`` (default: the patch) is the size actually read, centred on the patch, and may be
+    larger than the patch: a rotating augmentation then finds image data up to the patch's corners
+    before it crops to the patch. Grid patches are read with the same window.
+    """
 
     def __init__(
         self,
@@ -50,10 +64,20 @@ class PatchDataset(torch.utils.data.Dataset):
         foreground: float = 0.33,
         flip: bool | Sequence[int] = True,
         seed: int = 0,
+        window: Sequence[int] | None = None,
+        reach: int | Sequence[int] | None = None,
     ) -> None:
         check_patch(volumes, patch)
         self.volumes = volumes
         self.patch = tuple(patch)
+        self.window = self.patch if window is None else tuple(int(w) for w in window)
+        if len(self.window) != len(self.patch) or any(w < p for w, p in zip(self.window, self.patch, strict=True)):
+            raise TrainingError(f"window {self.window} must have one size per axis, each >= the patch {self.patch}")
+        if reach is None:
+            reach = tuple(p // 8 for p in self.patch)
+        self.reach = (int(reach),) * len(self.patch) if isinstance(reach, int) else tuple(int(r) for r in reach)
+        if len(self.reach) != len(self.patch) or any(r < 0 for r in self.reach):
+            raise TrainingError(f"reach {self.reach} must be one non-negative size or one per axis {self.patch}")
         self.samples = samples
         self.foreground = foreground
         axes = range(len(self.patch)) if flip is True else (() if flip is False else tuple(flip))
@@ -66,7 +90,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.images = [torch.from_numpy(v.image) for v in volumes]
         self.labels = [torch.from_numpy(v.label) for v in volumes]  # type: ignore[arg-type]
-        self._foreground_points = [self._sample_foreground(v.label, seed) for v in volumes]
+        self._class_points = [_class_points(v.label, seed) for v in volumes]
         if samples is None:
             stride = tuple(stride or self.patch)
             self.windows = [
@@ -74,16 +98,6 @@ class PatchDataset(torch.utils.data.Dataset):
             ]
         else:
             self.set_epoch(0)
-
-    @staticmethod
-    def _sample_foreground(label: np.ndarray | None, seed: int, limit: int = 100_000) -> np.ndarray:
-        if label is None:
-            return np.zeros((0, 0), dtype=np.int64)
-        mask = label.any(axis=0) if label.dtype.kind == "f" else label > 0
-        points = np.argwhere(mask)
-        if len(points) > limit:
-            points = points[np.random.default_rng(seed).choice(len(points), limit, replace=False)]
-        return points
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's random windows (the same on every process for a given epoch)."""
@@ -94,14 +108,16 @@ class PatchDataset(torch.utils.data.Dataset):
         for _ in range(self.samples):
             i = int(rng.integers(len(self.volumes)))
             shape = self.volumes[i].spatial_shape
-            points = self._foreground_points[i]
-            if len(points) and rng.random() < self.foreground:
+            classes = self._class_points[i]
+            limits = zip(shape, self.patch, self.reach, strict=True)
+            if classes and rng.random() < self.foreground:
+                points = classes[int(rng.integers(len(classes)))]  # a class first, then one of its voxels
                 centre = points[rng.integers(len(points))]
                 corner = tuple(
-                    int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True)
+                    int(min(max(c - p // 2, -r), s - p + r)) for c, (s, p, r) in zip(centre, limits, strict=True)
                 )
             else:
-                corner = tuple(int(rng.integers(s - p + 1)) for s, p in zip(shape, self.patch, strict=True))
+                corner = tuple(int(rng.integers(-r, s - p + r + 1)) for s, p, r in limits)
             windows.append((i, corner))
         self.windows = windows
 
@@ -110,10 +126,9 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i, corner = self.windows[index]
-        region = tuple(slice(c, c + p) for c, p in zip(corner, self.patch, strict=True))
-        image = self.images[i][(slice(None), *region)]
-        label = self.labels[i]
-        label = label[(slice(None), *region)] if label.dim() == image.dim() else label[region]
+        corner = tuple(c - (w - p) // 2 for c, w, p in zip(corner, self.window, self.patch, strict=True))
+        image = read_window(self.images[i], corner, self.window)
+        label = read_window(self.labels[i], corner, self.window)
         if self.flip_axes:
             axes = [a for a in self.flip_axes if torch.rand(()) < 0.5]
             if axes:
@@ -121,6 +136,42 @@ class PatchDataset(torch.utils.data.Dataset):
                 offset = label.dim() - len(self.patch)
                 label = label.flip([a + offset for a in axes])
         return image.contiguous(), label.contiguous()
+
+
+def read_window(tensor: torch.Tensor, corner: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """The window of ``tensor`` ([C,] *spatial) at ``corner`` of ``size`` (trailing axes); parts
+    outside the tensor read 0. A view when the window lies inside, else a new zero-padded tensor."""
+    lead = tensor.dim() - len(size)
+    shape = tensor.shape[lead:]
+    inside = tuple(slice(max(c, 0), min(c + n, s)) for c, n, s in zip(corner, size, shape, strict=True))
+    if all(c >= 0 and c + n <= s for c, n, s in zip(corner, size, shape, strict=True)):
+        return tensor[(slice(None),) * lead + inside]
+    out = tensor.new_zeros((*tensor.shape[:lead], *size))
+    if all(part.start < part.stop for part in inside):
+        target = tuple(slice(part.start - c, part.stop - c) for part, c in zip(inside, corner, strict=True))
+        out[(slice(None),) * lead + target] = tensor[(slice(None),) * lead + inside]
+    return out
+
+
+def _class_points(label: np.ndarray | None, seed: int, limit: int = 20_000) -> list[np.ndarray]:
+    """Per foreground class present in ``label`` (class indices > 0, or channels of a (C, *spatial)
+    target), the coordinates of up to ``limit`` of its voxels."""
+    if label is None:
+        return []
+    rng = np.random.default_rng(seed)
+    if label.dtype.kind == "f":
+        masks = (label[c] > 0 for c in range(label.shape[0]))
+    else:
+        present = np.flatnonzero(np.bincount(label.ravel().clip(min=0).astype(np.int64)))
+        masks = (label == c for c in present if c > 0)
+    result = []
+    for mask in masks:
+        points = np.argwhere(mask)
+        if len(points) > limit:
+            points = points[rng.choice(len(points), limit, replace=False)]
+        if len(points):
+            result.append(points)
+    return result
 
 
 def _grid(shape: tuple[int, ...], patch: tuple[int, ...], stride: tuple[int, ...]) -> list[tuple[int, ...]]:
