@@ -129,9 +129,9 @@ def _reason_class(reason: str) -> str:
 
 # Families whose conversion is refused today, and why (shown next to their failures in the report).
 REFUSED = {
-    "byoanet": "BoTNet's BottleneckAttn and HaloNet's HaloAttn add relative-position logits computed per axis "
-    "(height, width) for the feature size fixed at build time, and HaloAttn gathers 2D halo blocks; their N-D "
-    "rewrite (per-axis logits with the added axes copied, N-D halo blocks) is not written yet.",
+    "byoanet": "BoTNet's BottleneckAttn converts (per-axis relative logits copied along added axes); HaloNet's "
+    "HaloAttn (and the Lambda layers) gather 2D halo blocks with per-axis relative logits for a build-time block "
+    "size; their N-D rewrite is not written yet.",
     "csatv2": "the stem is a learnable 2D DCT of 8x8 pixel blocks (LearnableDct2d, 2D frequency tables): an N-D "
     "transform would be a different model that no inflation of the 2D weights reproduces, so it stays 2D-only.",
     "hiera": "Hiera keeps its tokens in an 'unrolled' mask-unit order and a position embedding both fixed at build "

@@ -1081,6 +1081,42 @@ class _PitNd:
         return self.norm(cls_tokens)
 
 
+# -- BoTNet (timm.layers.bottleneck_attn) -----------------------------------------------------------------
+
+
+def _rel_table_1d(table: torch.Tensor, size: int) -> torch.Tensor:
+    """A ``(2 * n - 1, dim)`` table of 1D relative embeddings for ``size`` positions (linear, centre kept)."""
+    if table.shape[0] == 2 * size - 1:
+        return table
+    return F.interpolate(table.t().unsqueeze(0), size=2 * size - 1, mode="linear", align_corners=True)[0].t()
+
+
+class _BottleneckAttnNd:
+    """BoTNet's global attention over an N-D grid. Its relative logits (one 1D table for height, one for width,
+    made for the build-time feature size and interpolated to the actual one) depend on the (height, width)
+    offset of a token pair only: copied along added axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sizes = x.shape[0], tuple(x.shape[2:])
+        x = self.qkv(x)
+        q, k, v = torch.split(x, [self.dim_out_qk, self.dim_out_qk, self.dim_out_v], dim=1)
+        q = q.reshape(batch * self.num_heads, self.dim_head_qk, -1).transpose(-1, -2)
+        k = k.reshape(batch * self.num_heads, self.dim_head_qk, -1)
+        v = v.reshape(batch * self.num_heads, self.dim_head_v, -1).transpose(-1, -2)
+        coords = _grid_coords(sizes, x.device)
+        offsets = coords[:, None, :] - coords[:, :, None]  # key minus query, per axis
+        rel = torch.zeros((), dtype=q.dtype, device=q.device)
+        for axis, table in enumerate((self.pos_embed.height_rel, self.pos_embed.width_rel)):
+            table = _rel_table_1d(table, sizes[axis]).to(q.dtype)
+            logits = q @ table.t()  # (BH, N, 2 * size - 1)
+            index = (offsets[axis] + sizes[axis] - 1).expand(logits.shape[0], -1, -1)
+            rel = rel + torch.gather(logits, 2, index)
+        attn = q @ k
+        attn = (attn + rel) * self.scale if self.scale_pos_embed else attn * self.scale + rel
+        out = (attn.softmax(dim=-1) @ v).transpose(-1, -2).reshape(batch, self.dim_out_v, *sizes)
+        return self.pool(out)
+
+
 # module-qualified timm class -> N-D mixin
 FAMILY_MIXINS: dict[str, type] = {
     "timm.models.efficientformer.Attention": _EfficientFormerAttentionNd,
@@ -1123,6 +1159,7 @@ FAMILY_MIXINS: dict[str, type] = {
     "timm.models.levit.Levit": _LevitNd,
     "timm.models.levit.LevitDistilled": _LevitNd,
     "timm.models.pit.Transformer": _PitTransformerNd,
+    "timm.layers.bottleneck_attn.BottleneckAttn": _BottleneckAttnNd,
     "timm.models.pit.PoolingVisionTransformer": _PitNd,
     "timm.models.pit.DistilledPoolingVisionTransformer": _PitNd,
 }

@@ -566,19 +566,23 @@ class SpatialNdMode(TorchFunctionMode):
         self, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor=None
     ):
         """torch's 3D average pool refuses an axis shorter than its kernel even where the padding covers it
-        (its 2D pool takes it): such an input is padded here first, with the same divisor."""
+        (its 2D pool takes it): such an input is padded here first, with the same divisor. An axis still shorter
+        than the kernel after the pool's own padding (a thin depth under a 2x2x2 pool) is replicated up to it."""
         kernel = extend(kernel_size, 3, 1)
         if x.ndim != 5 or all(s >= k for s, k in zip(x.shape[2:], kernel, strict=True)):
             return NotImplemented
         stride = extend(stride if stride else kernel_size, 3, 1)
         pad = extend(padding, 3, 0)
         pads = [p for p in reversed(pad) for _ in range(2)]
+        short: list[int] = []
+        for size, k, p in reversed(list(zip(x.shape[2:], kernel, pad, strict=True))):
+            short += [0, max(k - size - 2 * p, 0)]
+        if any(short):
+            x = F.pad(x, short, mode="replicate")
         out = F.avg_pool3d(F.pad(x, pads), kernel, stride, 0, ceil_mode, True, divisor)
         if not count_include_pad and divisor is None and any(pad):
             ones = F.pad(torch.ones_like(x[:1, :1]), pads)
-            out = out / F.avg_pool3d(
-                ones, kernel, stride, 0, ceil_mode, True, None
-            )  # sum / prod(kernel) -> sum / count
+            out = out / F.avg_pool3d(ones, kernel, stride, 0, ceil_mode, True, None)  # sum / prod(k) -> sum / count
         return out
 
     def _adaptive(self, fn3d: Callable) -> Callable:

@@ -39,6 +39,7 @@ TIMM_2D = {  # name: (depth, image size timm accepts)
     "hieradet_small": (3, 64),  # windows with query pooling, resized + tiled window position embeddings
     "levit_128s": (5, 224),  # token grids carried through the stages, downsampling attention, offset biases
     "pit_ti_224": (5, 224),  # pooling stages with class tokens, position embedding resized and copied
+    "botnet26t_256": (5, 256),  # global attention with per-axis relative logits (BoTNet; HaloNet is refused)
 }
 UNPADDED_STEM = {"pit_ti_224"}
 
