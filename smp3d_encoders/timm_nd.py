@@ -24,8 +24,9 @@ timm's networks are written for (B, C, H, W) images. Two mechanisms carry them t
 The rule for a missing depth entry is the same everywhere: where a 2D argument is equal along H
 and W (a square kernel, an isotropic stride, symmetric padding), depth gets that value; where
 they differ (Inception's 1x7 and 7x1 kernels), depth gets the neutral value (kernel 1, stride
-1, padding 0). In 2D only the attention layers of :mod:`.timm_attention` are switched (they equal timm's
-where timm accepts the input and pad where timm asserts a size); the rest of the timm network is used as it is.
+1, padding 0). In 2D only the attention layers of :mod:`.timm_attention` and
+:mod:`.timm_attention_families` are switched (they equal timm's where timm accepts the input and
+pad where timm asserts a size); the rest of the timm network is used as it is.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ from torch.overrides import TorchFunctionMode
 
 from smp3d.encoders.inflate import inflate_kernel
 
-from .timm_attention import ATTENTION_MIXINS
+from .timm_attention import ATTENTION_MIXINS as _WINDOW_MIXINS
+from .timm_attention_families import FAMILY_MIXINS
+
+ATTENTION_MIXINS: dict[str, type] = {**_WINDOW_MIXINS, **FAMILY_MIXINS}
 
 _ATTENTION_CLASSES = tuple(ATTENTION_MIXINS.values())
 
@@ -497,6 +501,7 @@ class SpatialNdMode(TorchFunctionMode):
             F.dropout2d: lambda x, *a, **k: F.dropout3d(x, *a, **k),
             F.pad: self._pad,
             F.interpolate: self._interpolate,
+            F.avg_pool3d: self._avg_pool3d,
         }
         for name in ("_adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
             fn = getattr(F, name, None)
@@ -556,6 +561,29 @@ class SpatialNdMode(TorchFunctionMode):
             return fn3d(x, *args, **kwargs)
 
         return rewrite
+
+    def _avg_pool3d(
+        self, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor=None
+    ):
+        """torch's 3D average pool refuses an axis shorter than its kernel even where the padding covers it
+        (its 2D pool takes it): such an input is padded here first, with the same divisor. An axis still shorter
+        than the kernel after the pool's own padding (a thin depth under a 2x2x2 pool) is replicated up to it."""
+        kernel = extend(kernel_size, 3, 1)
+        if x.ndim != 5 or all(s >= k for s, k in zip(x.shape[2:], kernel, strict=True)):
+            return NotImplemented
+        stride = extend(stride if stride else kernel_size, 3, 1)
+        pad = extend(padding, 3, 0)
+        pads = [p for p in reversed(pad) for _ in range(2)]
+        short: list[int] = []
+        for size, k, p in reversed(list(zip(x.shape[2:], kernel, pad, strict=True))):
+            short += [0, max(k - size - 2 * p, 0)]
+        if any(short):
+            x = F.pad(x, short, mode="replicate")
+        out = F.avg_pool3d(F.pad(x, pads), kernel, stride, 0, ceil_mode, True, divisor)
+        if not count_include_pad and divisor is None and any(pad):
+            ones = F.pad(torch.ones_like(x[:1, :1]), pads)
+            out = out / F.avg_pool3d(ones, kernel, stride, 0, ceil_mode, True, None)  # sum / prod(k) -> sum / count
+        return out
 
     def _adaptive(self, fn3d: Callable) -> Callable:
         def rewrite(x, output_size, *args, **kwargs):

@@ -181,7 +181,7 @@ def test_early_stopping(h5_pair, capsys):
     code, out, err = run(
         argv(
             f"train --train-path {h5_pair[0]} --val-path {h5_pair[1]} --classes 3 --patch 16 --iters 1 --epochs 30 "
-            "--patience 1 --lr 0 --min-lr 0"
+            "--patience 1 --lr 0 --min-lr 0 --no-deep-supervision"
         ),
         capsys,
     )

@@ -84,11 +84,11 @@ def test_train_help_names_the_defaults_and_keeps_its_groups() -> None:
         "--encoder ENCODER encoder name",
         "(default: planned; resnet18 with --arch)",
         "--epochs EPOCHS training epochs (default: 50)",
-        "--lr LR initial learning rate (default: 0.001)",
+        "--lr LR initial learning rate (default: 0.001 for adam and adamw, 0.01 for sgd)",
         "--batch-size BATCH_SIZE patches per training step (default: planned)",
         "--plan PLAN.json train with this plan",
         "--spatial-dims {2,3} 3: volumes",
-        "--amp bf16 autocast (default: off)",
+        "--amp [{bf16,fp16}] mixed precision: --amp or --amp bf16 for bf16 autocast",
         "--classes CLASSES classes incl. background",
     ):
         assert line in text

@@ -259,8 +259,8 @@ def test_non_hierarchical_model_is_refused_clearly() -> None:
 
 
 def test_unconvertible_module_is_named() -> None:
-    with pytest.raises(ConversionError, match=r"module 'stages_2\.1\.self_attn' \(timm\.layers\.bottleneck_attn"):
-        _tu("botnet26t_256", depth=4)
+    with pytest.raises(ConversionError, match=r"module 'stages_2\.1\.self_attn' \(timm\.layers\.halo_attn"):
+        _tu("halonet26t", depth=4)
 
 
 class _Custom2d(nn.Module):

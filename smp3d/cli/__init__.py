@@ -222,8 +222,10 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--deep-supervision",
-        action="store_true",
-        help="a head per decoder level, trained with nnU-Net's 1/2**i weights (architectures with decoder levels)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a head per decoder level, trained with nnU-Net's 1/2**i weights "
+        "(default: on when the architecture has decoder levels)",
     )
     model.add_argument(
         "--model-kwargs",
@@ -247,15 +249,35 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         default=None,
         help="iterations per epoch on random patches (default: one pass over the patch grid)",
     )
-    opt.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adamw", help="optimizer")
-    opt.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
-    opt.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
-    opt.add_argument("--min-lr", type=float, default=1e-6, help="the learning rate the cosine schedule ends at")
+    opt.add_argument(
+        "--optimizer", choices=("adam", "adamw", "sgd"), default="adamw", help="sgd: Nesterov momentum (nnU-Net's)"
+    )
+    opt.add_argument(
+        "--lr", type=float, default=None, help="initial learning rate (default: 0.001 for adam and adamw, 0.01 for sgd)"
+    )
+    opt.add_argument(
+        "--weight-decay", type=float, default=None, help="weight decay (default: 1e-4 for adam and adamw, 3e-5 for sgd)"
+    )
+    opt.add_argument("--momentum", type=float, default=0.99, help="sgd's Nesterov momentum")
+    opt.add_argument("--min-lr", type=float, default=1e-6, help="the floor of the cosine schedule")
     opt.add_argument(
         "--scheduler",
-        choices=("cosine", "plateau", "constant"),
+        choices=("cosine", "poly", "plateau", "constant"),
         default="cosine",
-        help="learning-rate schedule: cosine per iteration, plateau on val_mean_dice_foreground, or constant",
+        help="cosine and poly follow the fraction of the run done (iterations, or time with --time-budget)",
+    )
+    opt.add_argument("--poly-exponent", type=float, default=0.9, help="poly schedule: lr * (1 - done) ** exponent")
+    opt.add_argument(
+        "--warmup", type=float, default=0.0, help="fraction of the run with a linear learning-rate warm-up"
+    )
+    opt.add_argument("--grad-clip", type=float, default=None, help="clip the gradients' norm (nnU-Net: 12)")
+    opt.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="train for this long (the schedule follows the time spent; ends with a validation and checkpoint; "
+        "--epochs is then ignored)",
     )
     opt.add_argument(
         "--patience",
@@ -266,6 +288,16 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     opt.add_argument("--validate-every", type=_positive_int, default=1, help="epochs between validations")
     opt.add_argument(
         "--val-overlap", type=_overlap, default=0.5, help="sliding-window overlap of validation, in [0, 1)"
+    )
+    opt.add_argument(
+        "--folds", type=_positive_int, default=None, help="cross-validation: split the training volumes into FOLDS"
+    )
+    opt.add_argument("--fold", type=int, default=None, help="with --folds: the fold to validate on (0-based)")
+    opt.add_argument(
+        "--splits",
+        type=Path,
+        default=None,
+        help="with --folds: the split file, written once (default: splits.json beside --checkpoint-dir)",
     )
     run = train.add_argument_group("run")
     run.add_argument(
@@ -286,7 +318,17 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="delete the run already in --checkpoint-dir and start again"
     )
     run.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
-    run.add_argument("--amp", action="store_true", help="bf16 autocast")
+    run.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        default=False,
+        choices=("bf16", "fp16"),
+        help="mixed precision: --amp or --amp bf16 for bf16 autocast, --amp fp16 for fp16 with a gradient scaler "
+        "(default: off)",
+    )
+    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (memory pinned on CUDA)")
+    run.add_argument("--no-plots", action="store_true", help="no progress.png / validation_preview.png")
     run.add_argument(
         "--checkpointing",
         choices=("none", "encoder", "decoder", "both"),
@@ -299,9 +341,11 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
     predict = command("predict", "segment images with a saved model")
     predict.add_argument(
         "--checkpoint",
+        nargs="+",
         required=required,
+        metavar="DIR",
         help="a run directory of smp3d train (its best/ is used), or a folder with config.json and "
-        "model.safetensors (best/, last/, save_pretrained)",
+        "model.safetensors (best/, last/, save_pretrained); several (e.g. folds) are ensembled",
     )
     predict.add_argument(
         "--input", nargs="+", required=required, metavar="FILE", help="HDF5 (/raw), NIfTI or .npy images"
@@ -340,7 +384,28 @@ def _build_parser(relaxed: bool) -> argparse.ArgumentParser:
         default=None,
         help="accumulate the output here, e.g. cpu for huge volumes (default: the --device)",
     )
-    predict.add_argument("--amp", action="store_true", help="bf16 autocast")
+    predict.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        default=False,
+        choices=("bf16", "fp16"),
+        help="mixed precision: --amp or --amp bf16 (CPU or GPU), --amp fp16 (GPU); docs/recipe.md says when it "
+        "pays (default: off)",
+    )
+    predict.add_argument(
+        "--tta",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="AXIS",
+        help="test-time mirroring over these spatial axes (0-based; --tta alone: all), averaged (default: off)",
+    )
+    predict.add_argument(
+        "--keep-largest",
+        action="store_true",
+        help="keep only the largest connected region of each class (the rest becomes background)",
+    )
     predict.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=_PROGRESS_HELP)
     predict.add_argument("--quiet", action="store_true", help="report written files on stderr instead of stdout")
     return parser
@@ -455,6 +520,9 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     stride = _per_axis_ints(args.stride, fields["spatial_dims"], "--stride")
     multilabel = args.multilabel or run.plan.multilabel and args.classes is None
     mode = "multilabel" if multilabel else ("binary" if fields["classes"] == 1 else "multiclass")
+    train_volumes, val_volumes = run.train, run.val
+    if args.folds is not None or args.fold is not None:
+        train_volumes, val_volumes = _fold(args, train_volumes, val_volumes)
     config = TrainConfig(
         **fields,
         deep_supervision=args.deep_supervision,
@@ -471,8 +539,17 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        momentum=args.momentum,
         min_lr=args.min_lr,
         scheduler=args.scheduler,
+        poly_exponent=args.poly_exponent,
+        warmup=args.warmup,
+        grad_clip=args.grad_clip,
+        time_budget=args.time_budget,
+        workers=args.workers,
+        folds=args.folds,
+        fold=args.fold,
+        plots=not args.no_plots,
         patience=args.patience,
         validate_every=args.validate_every,
         val_overlap=args.val_overlap,
@@ -496,20 +573,36 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         resume = args.checkpoint_dir / "last" if args.resume is True else Path(args.resume)
     result = fit(
         config,
-        run.train,
-        run.val,
+        train_volumes,
+        val_volumes,
         resume=resume,
         overwrite=args.overwrite,
         log=lambda line: print(line, flush=True),
     )
     if main_rank:
         summary = f"done: {result.epochs} epochs, {result.iterations} iterations in {result.seconds:.1f}s"
-        if run.val:
+        if val_volumes:
             summary += f"; best val_mean_dice_foreground {result.best_dice:.4f}"
         if config.checkpoint_dir:
             summary += f"; checkpoints in {config.checkpoint_dir}, options in {args.checkpoint_dir / CONFIG_FILE}"
         print(summary, flush=True)
     return 0
+
+
+def _fold(args: argparse.Namespace, train_volumes: list, val_volumes: list) -> tuple[list, list]:
+    """``--folds K --fold k``: fold k of the training volumes validates, the others train."""
+    from ..training.folds import fold_volumes
+
+    if args.folds is None or args.fold is None:
+        raise CLIError("--folds and --fold go together, e.g. --folds 5 --fold 0")
+    if val_volumes:
+        raise CLIError("--folds takes the validation volumes from --train-path; drop --val-path")
+    splits = args.splits
+    if splits is None:
+        if args.checkpoint_dir is None:
+            raise CLIError("--folds needs --splits FILE or --checkpoint-dir (the splits go beside it)")
+        splits = Path(args.checkpoint_dir).parent / "splits.json"
+    return fold_volumes(train_volumes, args.folds, args.fold, splits, seed=args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,6 @@ import torch.nn as nn
 from ..training import (
     Dist,
     Volume,
-    activate,
     check_patch_fits_model,
     prepare_volume,
     read_trainer_file,
@@ -90,19 +89,8 @@ def output_paths(inputs: list[str], output: str) -> list[Path]:
     return paths
 
 
-class Activated(nn.Module):
-    """``model`` followed by softmax (multi-class) or sigmoid: probabilities are what is blended."""
-
-    def __init__(self, model: nn.Module, mode: str) -> None:
-        super().__init__()
-        self.model, self.mode = model, mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return activate(self.model(x), self.mode)
-
-
 def predict_volume(
-    model: nn.Module,
+    models: nn.Module | list[nn.Module],
     volume: Volume,
     *,
     patch: tuple[int, ...],
@@ -111,23 +99,27 @@ def predict_volume(
     blend: str,
     mode: str,
     device: torch.device,
-    amp: bool,
+    amp: bool | str,
     output_device: torch.device | None = None,
     progress: bool = False,
+    tta_axes: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Probabilities (C, *spatial) of one volume."""
-    from ..inference import sliding_window_inference
+    """Probabilities (C, *spatial) of one volume: the mean over ``models`` and the mirrorings of ``tta_axes``."""
+    from ..inference.predict import predict_probabilities
+    from ..training.schedule import amp_dtype
 
     image = torch.from_numpy(volume.image)[None]
     channels_last = device.type == "cuda" and image.dim() in (4, 5)
-    probabilities = sliding_window_inference(
-        Activated(model, mode),
+    probabilities = predict_probabilities(
+        models,
         image.to(output_device or device),
         patch,
+        mode=mode,
+        tta_axes=tta_axes,
         overlap=overlap,
         blend=blend,
         batch_size=batch_size,
-        autocast=torch.bfloat16 if amp else None,
+        amp=amp_dtype(amp),
         channels_last=channels_last,
         output_device=output_device,
         progress=progress,
@@ -161,10 +153,36 @@ def to_labels(probabilities: torch.Tensor, mode: str, threshold: float = 0.5) ->
     return array.astype(np.uint8 if top < 256 else np.int32)
 
 
+def load_ensemble(directories: list[str]) -> tuple[list[nn.Module], dict[str, Any]]:
+    """The models of ``directories`` (one or several, e.g. the folds of a cross-validation) and the first
+    one's training configuration; they must agree on dimensions, input channels and classes."""
+    models, trainers = [], []
+    for name in directories:
+        model, trainer = load_checkpoint(Path(name))
+        models.append(model)
+        trainers.append(trainer)
+
+    def signature(model: nn.Module, trainer: dict[str, Any]) -> tuple:
+        classes = int(getattr(model.segmentation_head[0], "out_channels", trainer.get("classes", 1)))
+        return model.spatial_dims, model.in_channels, classes, trainer.get("mode")
+
+    first = signature(models[0], trainers[0])
+    for name, model, trainer in zip(directories[1:], models[1:], trainers[1:], strict=True):
+        other = signature(model, trainer)
+        if other != first:
+            raise CLIError(
+                f"--checkpoint {name} does not match {directories[0]}: (spatial dims, in channels, classes, mode) "
+                f"{other} vs {first}; ensemble only models of one task"
+            )
+    return models, trainers[0]
+
+
 def run_predict(args: Any) -> int:
-    directory = Path(args.checkpoint)
-    model: Any  # a SegmentationModel: spatial_dims, segmentation_head, in_channels
-    model, trainer = load_checkpoint(directory)
+    from ..inference.predict import keep_largest_component
+
+    models, trainer = load_ensemble(list(args.checkpoint))
+    directory = Path(args.checkpoint[0])
+    model: Any = models[0]  # a SegmentationModel: spatial_dims, segmentation_head, in_channels
     spatial_dims = int(model.spatial_dims)
     classes = int(getattr(model.segmentation_head[0], "out_channels", trainer.get("classes", 1)))
     mode = trainer.get("mode") or ("binary" if classes == 1 else "multiclass")
@@ -175,14 +193,22 @@ def run_predict(args: Any) -> int:
         patch = patch * spatial_dims
     if len(patch) != spatial_dims:
         raise CLIError(f"--patch has {len(patch)} sizes but the model is {spatial_dims}D")
-    check_patch_fits_model(model, patch)
+    for m in models:
+        check_patch_fits_model(m, patch)
+    tta_axes = None if args.tta is None else (tuple(args.tta) or tuple(range(spatial_dims)))
+    if tta_axes is not None:
+        bad = [a for a in tta_axes if not 0 <= a < spatial_dims]
+        if bad:
+            raise CLIError(f"--tta axes {bad} out of range: the model is {spatial_dims}D (axes 0..{spatial_dims - 1})")
+    if args.keep_largest and args.probabilities:
+        raise CLIError("--keep-largest cleans label maps; it cannot be combined with --probabilities")
     how = trainer.get("normalize", "zscore") if args.normalize is None else args.normalize
     spacing = tuple(args.spacing) if args.spacing else trainer.get("spacing")
     if spacing is not None and len(spacing) == 1:
         spacing = tuple(spacing) * spatial_dims
     device = resolve_device(args.device, Dist())
     output_device = torch.device(args.output_device) if args.output_device else None
-    model = model.to(device).eval()  # on CUDA the model keeps itself in channels-last (set_channels_last)
+    models = [m.to(device).eval() for m in models]  # on CUDA a model keeps itself in channels-last
     outputs = output_paths(args.input, args.output)
     for spec, out in zip(args.input, outputs, strict=True):
         volume = read_volume(spec, spatial_dims, need_label=False, raw_key=args.dataset, spacing=spacing)
@@ -198,7 +224,7 @@ def run_predict(args: Any) -> int:
             image_resampling=trainer.get("image_resampling", "linear"),
         )
         probabilities = predict_volume(
-            model,
+            models,
             volume,
             patch=patch,
             overlap=args.overlap,
@@ -209,6 +235,7 @@ def run_predict(args: Any) -> int:
             amp=args.amp,
             output_device=output_device,
             progress=show_progress(args),
+            tta_axes=tta_axes,
         )
         # Back onto the input's own grid (its affine is written unchanged).
         probabilities = to_original_grid(probabilities, volume)
@@ -216,6 +243,8 @@ def run_predict(args: Any) -> int:
             array = probabilities.float().cpu().numpy()
         else:
             array = to_labels(probabilities, mode, args.threshold)
+            if args.keep_largest:
+                array = keep_largest_component(array, stacked=mode != "multiclass" and array.ndim > spatial_dims)
         write_prediction(out, array, volume)
         print(f"{spec} -> {out}  {tuple(array.shape)} {array.dtype}", file=sys.stderr if args.quiet else sys.stdout)
     return 0

@@ -13,7 +13,9 @@ Train from Python with the same behaviour as the command line::
 
 Modules, each with one job: :mod:`.config` (what defines a run), :mod:`.volumes` (files in and
 out), :mod:`.patches` (training patches), :mod:`.build` (model, loss, optimizer, schedule),
-:mod:`.distributed` (ranks and devices), :mod:`.evaluation` (validation Dice), :mod:`.loop`
+:mod:`.distributed` (ranks and devices), :mod:`.evaluation` (validation Dice), :mod:`.schedule`
+(learning-rate schedule, time budget, precision), :mod:`.folds` (cross-validation splits),
+:mod:`.plots` (progress pictures), :mod:`.loop`
 (the epochs), :mod:`.checkpoints` (what a checkpoint holds), :mod:`.rundir` (the run directory:
 lock, atomic commits, recovery) and :mod:`.metric_log` (metrics rows); :mod:`.fingerprint`,
 :mod:`.plan`, :mod:`.budget` and :mod:`.geometry` (planning, resampling) and :mod:`.prepare` (a planned
@@ -29,11 +31,13 @@ from .distributed import Dist, resolve_device
 from .errors import TrainingError
 from .evaluation import activate, dice_table, evaluate, foreground_classes, to_target
 from .fingerprint import Fingerprint, fingerprint_volumes, read_fingerprint
+from .folds import fold_split, fold_volumes
 from .loop import TrainResult, fit, set_seed
 from .patches import PatchDataset, window_starts
 from .plan import Plan, make_plan, read_plan, write_plan
 from .prepare import PreparedRun, prepare_run
 from .rundir import RunDirectory, check_run_directory, open_run_directory
+from .schedule import NNUNET_OPTIMISATION, Budget, LRSchedule
 from .volumes import (
     NORMALIZATIONS,
     Volume,
@@ -59,6 +63,11 @@ __all__ = [
     "read_plan",
     "read_volumes",
     "write_plan",
+    "NNUNET_OPTIMISATION",
+    "Budget",
+    "LRSchedule",
+    "fold_split",
+    "fold_volumes",
     "Dist",
     "PatchDataset",
     "Progress",

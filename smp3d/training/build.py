@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from .config import LOSSES, OPTIMIZERS, SCHEDULERS, TrainConfig
 from .errors import TrainingError
+from .schedule import OPTIMIZER_DEFAULTS, LRSchedule
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -30,12 +31,27 @@ def build_model(config: TrainConfig) -> nn.Module:
     return model
 
 
+def supports_deep_supervision(arch: str) -> bool:
+    """Whether the architecture ``arch`` takes ``deep_supervision`` (its decoder has several levels)."""
+    import inspect
+
+    from ..models import ARCHITECTURES
+
+    model_class = ARCHITECTURES.get(arch.lower()) if isinstance(arch, str) else None
+    return model_class is not None and "deep_supervision" in inspect.signature(model_class).parameters
+
+
 def _model_kwargs(config: TrainConfig) -> dict[str, Any]:
     kwargs = dict(config.model_kwargs)
-    if config.deep_supervision:
+    wanted = config.deep_supervision
+    if wanted is None:  # auto: on when the architecture has levels, unless the model arguments say otherwise
+        wanted = kwargs.get("deep_supervision", supports_deep_supervision(config.arch)) is True
+    if wanted:
         if kwargs.get("deep_supervision", True) is not True:
             raise TrainingError("--deep-supervision contradicts deep_supervision=false in the model arguments")
         kwargs["deep_supervision"] = True
+    elif config.deep_supervision is False and kwargs.get("deep_supervision") is True:
+        raise TrainingError("--no-deep-supervision contradicts deep_supervision=true in the model arguments")
     return kwargs
 
 
@@ -112,27 +128,40 @@ def build_loss(name: str, mode: str, ignore_index: int | None = None) -> nn.Modu
     return next(iter(parts.values())) if len(parts) == 1 else SumLoss(parts)
 
 
+def optimizer_settings(config: TrainConfig) -> tuple[float, float]:
+    """The run's learning rate and weight decay: the config's, or the optimiser's defaults."""
+    if config.optimizer not in OPTIMIZER_DEFAULTS:
+        raise TrainingError(f"unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    defaults = OPTIMIZER_DEFAULTS[config.optimizer]
+    lr = defaults["lr"] if config.lr is None else config.lr
+    weight_decay = defaults["weight_decay"] if config.weight_decay is None else config.weight_decay
+    return lr, weight_decay
+
+
 def build_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD with Nesterov momentum (``config.momentum``)."""
+    lr, weight_decay = optimizer_settings(config)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.99, nesterov=True, weight_decay=config.weight_decay)
-    raise TrainingError(f"unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=weight_decay)
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    """Cosine (stepped per iteration over ``total_steps``), plateau (stepped on validation Dice),
-    or None for a constant learning rate."""
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=config.min_lr)
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int | None = None) -> Any:
+    """An :class:`~smp3d.training.schedule.LRSchedule` (cosine, poly or constant, with ``config.warmup``;
+    the loop sets it from the fraction of the run done) or, for ``plateau``, torch's ReduceLROnPlateau
+    stepped on the validation Dice. ``total_steps`` is unused (kept for callers of older versions)."""
+    if config.scheduler in LRSchedule.KINDS:
+        return LRSchedule(
+            optimizer, config.scheduler, warmup=config.warmup, min_lr=config.min_lr, exponent=config.poly_exponent
+        )
     if config.scheduler == "plateau":
+        if config.warmup:
+            raise TrainingError("--warmup needs a cosine, poly or constant --scheduler, not plateau")
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.5, patience=2, min_lr=config.min_lr
         )
-    if config.scheduler == "constant":
-        return None
     raise TrainingError(f"unknown scheduler {config.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
 
 
@@ -143,4 +172,6 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "check_patch_fits_model",
+    "optimizer_settings",
+    "supports_deep_supervision",
 ]

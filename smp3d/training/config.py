@@ -12,7 +12,7 @@ from ..augment.presets import PRESETS as AUGMENTATIONS
 
 LOSSES = ("ce", "wce", "bce", "dice", "gdl", "focal", "tversky", "lovasz")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("cosine", "plateau", "constant")
+SCHEDULERS = ("cosine", "poly", "plateau", "constant")
 MODES = ("binary", "multiclass", "multilabel")
 
 #: ``TrainConfig.checkpointing`` -> the arguments of ``model.set_checkpointing``.
@@ -43,11 +43,18 @@ class TrainConfig:
     ``augment`` names the batched augmentation on the training device (:data:`AUGMENTATIONS`:
     ``nnunet``, nnU-Net's transform set and probabilities; ``flips``; ``none``), whose mirroring
     uses the ``flip`` axes; see ``docs/augment.md``.
-    Optimisation: ``optimizer`` (:data:`OPTIMIZERS`), ``lr``, ``weight_decay``, ``scheduler``
-    (:data:`SCHEDULERS`, cosine per iteration down to ``min_lr``), ``patience`` (validations
-    without improvement before stopping), ``validate_every`` (epochs).
+    Optimisation: ``optimizer`` (:data:`OPTIMIZERS`; ``momentum`` is SGD's Nesterov momentum),
+    ``lr`` and ``weight_decay`` (None: the optimiser's default, 1e-3/1e-4 for Adam(W), 1e-2/3e-5 for
+    SGD), ``scheduler`` (:data:`SCHEDULERS`: cosine down to ``min_lr`` or poly with ``poly_exponent``,
+    both following the fraction of the run done; see :mod:`.schedule`), ``warmup`` (fraction of the
+    run with a linear warm-up), ``grad_clip`` (max gradient norm; nnU-Net uses 12), ``time_budget``
+    (minutes: the run ends in time, with a final validation and checkpoint; ``epochs`` is then
+    ignored), ``patience`` (validations without improvement before stopping), ``validate_every``
+    (epochs). ``folds``/``fold`` record the cross-validation split (see :mod:`.folds`).
     Run: ``checkpoint_dir`` (the run directory, see ``docs/reliability.md``; None saves
-    nothing), ``device`` (auto, cpu, cuda, cuda:N), ``amp`` (bf16 autocast), ``channels_last``
+    nothing), ``device`` (auto, cpu, cuda, cuda:N), ``amp`` (``"bf16"``/True or ``"fp16"`` autocast; fp16
+    adds a gradient scaler), ``workers`` (DataLoader processes; memory is pinned on CUDA), ``plots``
+    (``progress.png`` and a validation preview each epoch), ``channels_last``
     (None: on CUDA only), ``checkpointing`` (activation checkpointing, :data:`CHECKPOINTING`),
     ``seed``, ``progress`` (progress bars on stderr).
     Geometry: ``target_spacing``, ``spacing``, ``image_resampling``, ``label_resampling``,
@@ -59,7 +66,7 @@ class TrainConfig:
     encoder: str = "resnet18"
     encoder_weights: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    deep_supervision: bool = False  # per-level heads + DeepSupervisionLoss (architectures with decoder levels)
+    deep_supervision: bool | None = None  # per-level heads + DeepSupervisionLoss; None: when the decoder has levels
     in_channels: int = 1
     classes: int = 2
     spatial_dims: int = 3
@@ -76,8 +83,8 @@ class TrainConfig:
     normalize: str = "zscore"
     augment: str = "nnunet"  # nnunet | flips | none (smp3d.augment presets, on the training device)
     optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float | None = None  # None: the optimiser's default (schedule.OPTIMIZER_DEFAULTS)
+    weight_decay: float | None = None
     min_lr: float = 1e-6
     scheduler: str = "cosine"
     patience: int | None = None  # validations without improvement before stopping
@@ -85,7 +92,7 @@ class TrainConfig:
     val_overlap: float = 0.5
     checkpoint_dir: str | None = None
     device: str = "auto"
-    amp: bool = False
+    amp: bool | str = False  # False, "bf16" (or True) or "fp16" (with a gradient scaler)
     channels_last: bool | None = None  # None: on CUDA only
     checkpointing: str = "none"  # activation checkpointing: none | encoder | decoder | both
     seed: int = 0
@@ -100,6 +107,17 @@ class TrainConfig:
     label_resampling: str = "nearest"  # nearest | onehot
     intensity_stats: list[dict[str, float]] | None = None
     label_map: dict[int, int] | None = None
+    # The loop (see smp3d.training.schedule): SGD momentum, poly exponent, warm-up fraction, gradient clipping,
+    # a wall-clock budget in minutes, DataLoader worker processes, cross-validation folds, pictures per epoch.
+    momentum: float = 0.99
+    poly_exponent: float = 0.9
+    warmup: float = 0.0
+    grad_clip: float | None = None
+    time_budget: float | None = None
+    workers: int = 0
+    folds: int | None = None
+    fold: int | None = None
+    plots: bool = True
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..metrics.accumulator import foreground_classes  # the classes whose mean Dice selects the best model
 from .config import TrainConfig, channels_last_for
+from .schedule import amp_dtype
 from .volumes import Volume
 
 
@@ -34,12 +35,15 @@ def evaluate(
     config: TrainConfig,
     device: torch.device,
     loss_fn: nn.Module | None = None,
+    preview: bool = False,
 ) -> dict[str, Any]:
     """Segment each volume with the sliding window and score it.
 
     Returns:
         ``val_loss`` (the mean loss, NaN without ``loss_fn``), ``val_mean_dice_foreground`` (the mean Dice of
-        :func:`foreground_classes`, classes absent from prediction and target left out) and ``dice_per_class``.
+        :func:`foreground_classes`, classes absent from prediction and target left out) and ``dice_per_class``;
+        with ``preview``, also ``preview``: the first volume's ``image`` (C, *spatial), ``label`` and
+        ``prediction`` (class maps (*spatial), NumPy) for :func:`smp3d.training.plots.write_preview`.
     """
     from ..inference import sliding_window_inference
     from ..metrics import SegmentationMetrics
@@ -53,6 +57,7 @@ def evaluate(
         threshold=None if config.mode == "multiclass" else 0.5,
     )
     losses = []
+    extra: dict[str, Any] = {}
     for volume in volumes:
         image = torch.from_numpy(volume.image)[None].to(device)
         logits = sliding_window_inference(
@@ -61,12 +66,20 @@ def evaluate(
             config.patch,
             overlap=config.val_overlap,
             batch_size=max(config.batch_size, 1),
-            autocast=torch.bfloat16 if config.amp else None,
+            autocast=amp_dtype(config.amp),
             channels_last=channels_last_for(config, device),
         ).float()
         target = to_target(torch.from_numpy(volume.label)[None].to(device), config.mode)  # type: ignore[arg-type]
         if loss_fn is not None:
             losses.append(float(loss_fn(logits, target)))
+        if preview and "preview" not in extra:
+            extra["preview"] = {
+                "image": volume.image,
+                "label": class_map(target[0], config.mode),
+                "prediction": class_map(
+                    logits[0] if config.mode == "multiclass" else logits[0].sigmoid(), config.mode, True
+                ),
+            }
         if config.mode == "multiclass":
             metrics.update(logits, target)
         else:
@@ -77,7 +90,20 @@ def evaluate(
         "val_loss": float(np.mean(losses)) if losses else float("nan"),
         "val_mean_dice_foreground": float(scores["mean_dice_foreground"]),
         "dice_per_class": [float(d) for d in scores["dice"]],
+        **extra,
     }
+
+
+def class_map(values: torch.Tensor, mode: str, scores: bool = False) -> np.ndarray:
+    """One volume's classes as an integer map (*spatial): the argmax of multi-class scores or the class
+    index itself; for binary / multi-label channels (C, *spatial), the highest channel over 0.5, plus one."""
+    if mode == "multiclass":
+        labels = values.argmax(0) if scores else values
+    else:
+        on = values > 0.5  # (C, *spatial)
+        index = torch.arange(1, on.shape[0] + 1, device=on.device).view(-1, *([1] * (on.dim() - 1)))
+        labels = (on * index).amax(0)
+    return labels.to("cpu", torch.int64).numpy()
 
 
 def dice_table(class_names: list[str], dice: list[float]) -> str:
@@ -85,4 +111,4 @@ def dice_table(class_names: list[str], dice: list[float]) -> str:
     return "\n".join(f"  {name:<{width}}  {d:.4f}" for name, d in zip(class_names, dice, strict=True))
 
 
-__all__ = ["activate", "dice_table", "evaluate", "foreground_classes", "to_target"]
+__all__ = ["activate", "class_map", "dice_table", "evaluate", "foreground_classes", "to_target"]

@@ -8,8 +8,10 @@ every epoch rank 0 commits a checkpoint to the run directory (:mod:`.rundir`): `
 flips) is a function of the seed, the rank and the epoch, so a resumed run continues exactly as
 the uninterrupted one would have.
 
-Parts, in the order :func:`fit` calls them: :func:`check_inputs`, :func:`build_parts`,
-:func:`train_one_epoch`, :func:`end_of_epoch`, and the :class:`Recorder` that writes.
+Parts, in the order :func:`fit` calls them: :func:`check_inputs`, :func:`build_parts` (the
+:class:`Parts` a run trains with), :class:`Pace` (when to stop, the fraction done that drives the
+learning rate), :func:`train_epoch` (calling :func:`train_step` per batch), :func:`validate`, and the
+:class:`Recorder` that writes (checkpoint, metrics, pictures).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from .evaluation import evaluate, to_target
 from .metric_log import VAL_SCORE, Row, TensorBoardLog, csv_text, format_row, metric_fields, read_rows
 from .patches import PatchDataset
 from .rundir import RunDirectory, open_run_directory
+from .schedule import Budget, LRSchedule, amp_dtype, autocast_context, grad_scaler
 from .volumes import Volume, check_labels
 
 _logger = logging.getLogger("smp3d.training")
@@ -69,7 +71,8 @@ class Parts:
     generator: torch.Generator | None  # the shuffling sampler's, reseeded every epoch
     loader: torch.utils.data.DataLoader
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Any  # an LRSchedule set from the fraction done, ReduceLROnPlateau, or None
+    scaler: torch.amp.GradScaler | None  # fp16 only
     device: torch.device
     dist_info: Dist
     augment: Any = None  # smp3d.augment.Augment: applied to each batch on the device
@@ -79,6 +82,11 @@ def check_inputs(config: TrainConfig, train_volumes: list[Volume], val_volumes: 
     """Refuse a task mode, labels or channels that do not fit ``config``; return the loss."""
     if config.mode not in MODES:
         raise TrainingError(f"unknown task mode {config.mode!r}; expected one of {', '.join(MODES)}")
+    amp_dtype(config.amp)
+    if config.grad_clip is not None and not config.grad_clip > 0:
+        raise TrainingError(f"--grad-clip must be positive, got {config.grad_clip}")
+    if config.workers < 0:
+        raise TrainingError(f"--workers must be 0 or more, got {config.workers}")
     loss_fn = build_loss(config.loss, config.mode, config.ignore_index)
     check_labels(train_volumes + val_volumes, config.mode, config.classes)
     for volume in train_volumes + val_volumes:
@@ -92,7 +100,7 @@ def check_inputs(config: TrainConfig, train_volumes: list[Volume], val_volumes: 
 def build_parts(
     config: TrainConfig, train_volumes: list[Volume], loss_fn: nn.Module, device: torch.device, dist_info: Dist
 ) -> Parts:
-    """The model on ``device``, the patch loader, the optimizer and the learning-rate schedule."""
+    """The model on ``device``, the patch loader, the optimizer, the learning-rate schedule and (fp16) the scaler."""
     model = build_model(config)
     model.set_channels_last(channels_last_for(config, device))  # the run's choice, not only the CUDA default
     model.set_checkpointing(**CHECKPOINTING[config.checkpointing])
@@ -121,11 +129,17 @@ def build_parts(
     else:
         generator = torch.Generator()
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+    # Workers are forked afresh every epoch (not persistent), so they see the epoch's windows (set_epoch).
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, pin_memory=device.type == "cuda"
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
     )
     optimizer = build_optimizer(config, model.parameters())
-    scheduler = build_scheduler(config, optimizer, config.epochs * len(loader))
+    scheduler = build_scheduler(config, optimizer)
     train_model: nn.Module = model
     if dist_info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -141,6 +155,7 @@ def build_parts(
         loader,
         optimizer,
         scheduler,
+        grad_scaler(device, config.amp),
         device,
         dist_info,
         augment,
@@ -152,8 +167,87 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed % 2**64, rank, epoch]).generate_state(1)[0])
 
 
-def train_one_epoch(config: TrainConfig, parts: Parts, epoch: int, progress: Progress) -> float:
-    """One pass over the epoch's patches; return the mean training loss (over all ranks)."""
+def train_step(config: TrainConfig, parts: Parts, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on a batch (image (B, C, *patch), label as the loader gives it); return the loss."""
+    image = image.to(parts.device, non_blocking=True)  # the model converts it to its layout once
+    label = label.to(parts.device, non_blocking=True)
+    if parts.augment is not None:  # batched augmentation on the device (smp3d.augment)
+        image, label = parts.augment(image, label)
+    target = to_target(label, config.mode)
+    with autocast_context(parts.device, config.amp):
+        logits = parts.train_model(image)
+    # A deep-supervised model returns [mask, coarser masks ...] in training.
+    logits = [level.float() for level in logits] if isinstance(logits, list) else logits.float()
+    loss = parts.loss_fn(logits, target)
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.scaler is not None:
+        parts.scaler.scale(loss).backward()
+        if config.grad_clip is not None:
+            parts.scaler.unscale_(parts.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(parts.model.parameters(), config.grad_clip)
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+    else:
+        loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(parts.model.parameters(), config.grad_clip)
+        parts.optimizer.step()
+    return loss.detach()
+
+
+class Pace:
+    """When the run stops: after ``epochs`` epochs, or, with a time budget, when the time left would no
+    longer hold one more step plus the final validation and checkpoint. Its :meth:`fraction` drives the
+    learning-rate schedule (iterations done, or the budget spent)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        parts: Parts,
+        val_volumes: list[Volume],
+        progress: Progress,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config, self.parts, self.clock = config, parts, clock
+        self.total_steps = max(config.epochs * len(parts.loader), 1)
+        self.budget = (
+            Budget(config.time_budget * 60, spent=progress.seconds, clock=clock) if config.time_budget else None
+        )
+        self.step_seconds = 0.0  # a running mean of the last steps
+        self.end_seconds: float | None = None  # the longest end of an epoch with validation and checkpoint
+        self.val_windows = sum(_windows(v.spatial_shape, config.patch, config.val_overlap) for v in val_volumes)
+
+    def fraction(self, iteration: int) -> float:
+        if self.budget is not None:
+            return self.budget.fraction()
+        return min(iteration / self.total_steps, 1.0)
+
+    def reserve(self) -> float:
+        """Seconds to keep for the final validation and checkpoint."""
+        if self.end_seconds is not None:
+            return 1.2 * self.end_seconds
+        # Before the first measurement: a forward costs about a third of a training step.
+        return self.step_seconds * self.val_windows / max(self.config.batch_size, 1) / 2 + 1.0
+
+    def out_of_time(self) -> bool:
+        """With a budget: whether one more step would eat into the reserve (the same answer on every rank)."""
+        if self.budget is None:
+            return False
+        done = not self.budget.allows(self.step_seconds + self.reserve())
+        return bool(share_from_main(self.parts.dist_info, done))
+
+
+def _windows(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> int:
+    count = 1
+    for size, p in zip(shape, patch, strict=True):
+        step = max(int(p * (1 - overlap)), 1)
+        count *= 1 if size <= p else math.ceil((size - p) / step) + 1
+    return count
+
+
+def train_epoch(config: TrainConfig, parts: Parts, epoch: int, progress: Progress, pace: Pace) -> tuple[float, bool]:
+    """One pass over the epoch's patches, or fewer when the time budget runs out; return the mean
+    training loss (over all ranks) and whether the budget ended the epoch."""
     seed = epoch_seed(config.seed, parts.dist_info.rank, epoch)
     torch.manual_seed(seed)
     if parts.generator is not None:
@@ -162,59 +256,60 @@ def train_one_epoch(config: TrainConfig, parts: Parts, epoch: int, progress: Pro
     if isinstance(parts.sampler, torch.utils.data.DistributedSampler):
         parts.sampler.set_epoch(epoch)
     parts.train_model.train()
-    autocast = torch.autocast(parts.device.type, dtype=torch.bfloat16) if config.amp else nullcontext()
-    per_step = parts.scheduler is not None and not isinstance(
-        parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-    )
+    fraction_driven = isinstance(parts.scheduler, LRSchedule)
     running = torch.zeros((), device=parts.device)
+    steps, out_of_time = 0, False
     bar = tqdm(
         parts.loader,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
+        desc=f"epoch {epoch + 1}" + ("" if pace.budget else f"/{config.epochs}"),
         disable=not (config.progress and parts.dist_info.main),
         leave=False,
         dynamic_ncols=True,
         file=sys.stderr,
     )
     for image, label in bar:
-        image = image.to(parts.device, non_blocking=True)  # the model converts it to its layout once
-        label = label.to(parts.device, non_blocking=True)
-        if parts.augment is not None:
-            image, label = parts.augment(image, label)
-        target = to_target(label, config.mode)
-        with autocast:
-            logits = parts.train_model(image)
-        # A deep-supervised model returns [mask, coarser masks ...] in training.
-        logits = [level.float() for level in logits] if isinstance(logits, list) else logits.float()
-        loss = parts.loss_fn(logits, target)
-        parts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        parts.optimizer.step()
-        if per_step:
-            parts.scheduler.step()
-        running += loss.detach()
+        if pace.out_of_time():
+            out_of_time = True
+            break
+        if fraction_driven:
+            parts.scheduler.update(pace.fraction(progress.iteration))
+        started = pace.clock()
+        running += train_step(config, parts, image, label)
+        if pace.budget is not None:  # the clock needs the step finished (on a GPU, too)
+            if parts.device.type == "cuda":
+                torch.cuda.synchronize(parts.device)
+            seconds = pace.clock() - started
+            pace.step_seconds = (
+                seconds if steps == 0 and not pace.step_seconds else 0.9 * pace.step_seconds + 0.1 * seconds
+            )
+        steps += 1
         progress.iteration += 1
-    train_loss = running / max(len(parts.loader), 1)
+    bar.close()
+    train_loss = running / steps if steps else torch.full((), math.nan, device=parts.device)
     if parts.dist_info.enabled:
         torch.distributed.all_reduce(train_loss)
         train_loss /= parts.dist_info.world
-    return float(train_loss)
+    return float(train_loss), out_of_time
 
 
-def end_of_epoch(
+def validate(
     config: TrainConfig,
     parts: Parts,
     val_volumes: list[Volume],
     progress: Progress,
     row: Row,
     dice_keys: list[str],
-) -> tuple[bool, bool]:
-    """Validate when due (rank 0), update the best score and patience in ``progress``, step a
-    plateau schedule; return (improved, stop), the same on every rank."""
+    last: bool,
+) -> tuple[bool, bool, dict[str, Any] | None]:
+    """Validate when due (rank 0; always on the ``last`` epoch), update the best score and patience in
+    ``progress``, step a plateau schedule; return (improved, stop) the same on every rank, and rank 0's
+    metrics (with a preview of the first volume when plots are on; None when not validated)."""
     epoch = progress.epoch + 1
     improved = stop = False
-    due = bool(val_volumes) and (epoch % config.validate_every == 0 or epoch == config.epochs)
+    metrics = None
+    due = bool(val_volumes) and (epoch % config.validate_every == 0 or last)
     if parts.dist_info.main and due:
-        metrics = evaluate(parts.model, val_volumes, config, parts.device, parts.loss_fn)
+        metrics = evaluate(parts.model, val_volumes, config, parts.device, parts.loss_fn, preview=config.plots)
         row.update({"val_loss": metrics["val_loss"], VAL_SCORE: metrics[VAL_SCORE]})
         row.update(zip(dice_keys, metrics["dice_per_class"], strict=True))
         if metrics[VAL_SCORE] > progress.best:
@@ -225,7 +320,7 @@ def end_of_epoch(
     improved, stop, row[VAL_SCORE] = share_from_main(parts.dist_info, (improved, stop, row[VAL_SCORE]))  # type: ignore[misc]
     if isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(row[VAL_SCORE]):
         parts.scheduler.step(row[VAL_SCORE])  # before the checkpoint, so that it holds this step
-    return improved, stop
+    return improved, stop, metrics
 
 
 class Recorder:
@@ -249,7 +344,15 @@ class Recorder:
         self.run.write_metrics(csv_text(progress.rows, self.fields))
         self.tensorboard = TensorBoardLog(self.run.path, purge_step=progress.iteration if resumed else None)
 
-    def record(self, parts: Parts, progress: Progress, row: Row, improved: bool, has_validation: bool) -> None:
+    def record(
+        self,
+        parts: Parts,
+        progress: Progress,
+        row: Row,
+        improved: bool,
+        has_validation: bool,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
         self.log(format_row(row, self.dice_keys))
         self.tensorboard.write(row)
         if self.run is None:
@@ -275,6 +378,24 @@ class Recorder:
             best=best,
         )
         self.run.commit(files, progress.epoch)
+        if self.config.plots:
+            self.draw(progress, metrics)
+
+    def draw(self, progress: Progress, metrics: dict[str, Any] | None) -> None:
+        """``progress.png`` and, after a validation, ``validation_preview.png`` in the run directory."""
+        from .plots import write_preview, write_progress
+
+        if self.run is None:
+            return
+        try:
+            write_progress(self.run.path / "progress.png", progress.rows, self.class_names)
+            if metrics is not None and metrics.get("preview") is not None:
+                write_preview(
+                    self.run.path / "validation_preview.png", **metrics["preview"], title=f"epoch {progress.epoch}"
+                )
+        except ImportError as err:  # matplotlib is a dependency, but a broken install should not stop training
+            _warn(f"no plots: {err}")
+            self.config.plots = False
 
     def close(self) -> None:
         self.tensorboard.close()
@@ -338,13 +459,16 @@ def fit(
     overwrite: bool = False,
     class_names: list[str] | None = None,
     log: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
     """Train ``config``'s model on ``train_volumes``; validate on ``val_volumes`` (may be empty).
 
     With ``config.checkpoint_dir`` every epoch is committed to that run directory. A directory
     that already holds a run is refused unless ``resume`` (True: continue from its ``last/``; a
     path: from that ``last/`` folder) or ``overwrite`` (delete the old run first) is given.
-    ``log`` receives one line per epoch (default: the ``smp3d.training`` logger).
+    ``log`` receives one line per epoch (default: the ``smp3d.training`` logger). With
+    ``config.time_budget`` the run trains until the budget would no longer hold the final validation
+    and checkpoint (measured on earlier epochs), then does them; ``clock`` (seconds) is what it reads.
     """
     log = log or _logger.info
     dist_info = init_distributed(config.device)
@@ -363,12 +487,16 @@ def fit(
             log(f"resumed from {resume_folder} at epoch {progress.epoch}, iteration {progress.iteration}")
         if dist_info.main:
             recorder.start(progress, resumed=resume_folder is not None)
-        session_started = time.perf_counter()
+        session_started = clock()
         started = session_started - progress.seconds  # the seconds column counts earlier sessions too
+        pace = Pace(config, parts, val_volumes, progress, clock)
         best_state = None
-        for epoch in range(progress.epoch, config.epochs):
-            train_loss = train_one_epoch(config, parts, epoch, progress)
+        epoch = progress.epoch
+        while pace.budget is not None or epoch < config.epochs:
+            train_loss, out_of_time = train_epoch(config, parts, epoch, progress, pace)
             pause_point("train", epoch + 1)
+            last = (out_of_time or pace.out_of_time()) if pace.budget is not None else epoch + 1 == config.epochs
+            end_started = clock()
             row: Row = {
                 "epoch": epoch + 1,
                 "iteration": progress.iteration,
@@ -377,22 +505,29 @@ def fit(
                 "val_loss": float("nan"),
                 VAL_SCORE: float("nan"),
             }
-            improved, stop = end_of_epoch(config, parts, val_volumes, progress, row, recorder.dice_keys)
+            improved, stop, metrics = validate(config, parts, val_volumes, progress, row, recorder.dice_keys, last)
             progress.epoch = epoch + 1
-            row["seconds"] = time.perf_counter() - started
+            row["seconds"] = clock() - started
             progress.rows.append(row)
             if dist_info.main:
                 if improved:
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()}
-                recorder.record(parts, progress, row, improved, has_validation=bool(val_volumes))
+                recorder.record(parts, progress, row, improved, has_validation=bool(val_volumes), metrics=metrics)
                 if stop:
                     best = f"best {VAL_SCORE} {progress.best:.4f}"
                     log(f"early stopping: no improvement in {progress.stale} validations ({best})")
-            if stop:
+            epoch += 1
+            if stop or last:
                 break
+            if pace.budget is not None:  # every rank learns how long rank 0's validation and checkpoint took
+                validated, seconds = share_from_main(dist_info, (metrics is not None, clock() - end_started))  # type: ignore[misc]
+                if validated or not val_volumes:
+                    pace.end_seconds = max(pace.end_seconds or 0.0, seconds)
+                    if pace.out_of_time():  # this epoch's validation and checkpoint are the final ones
+                        break
     finally:
         recorder.close()
-    seconds = time.perf_counter() - session_started
+    seconds = clock() - session_started
     if dist_info.enabled:
         torch.distributed.barrier()
     last = progress.rows[-1] if progress.rows else {}
@@ -405,14 +540,16 @@ def set_seed(seed: int) -> None:
 
 
 __all__ = [
+    "Pace",
     "Parts",
     "Recorder",
     "TrainResult",
     "build_parts",
     "check_inputs",
-    "end_of_epoch",
     "epoch_seed",
     "fit",
     "set_seed",
-    "train_one_epoch",
+    "train_epoch",
+    "train_step",
+    "validate",
 ]
