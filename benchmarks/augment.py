@@ -18,7 +18,7 @@ libraries' generators with the step number, so both see a comparable series of r
     python benchmarks/augment.py --device cuda --iters 50                # smp3d on the GPU as well
 
 Prints one line per case and the ratio batchgeneratorsv2 / smp3d (above 1: smp3d is faster) and
-writes the numbers as JSON (``--out``, default ``benchmarks/results/augment_<device>.json``).
+writes the numbers as JSON (``--out``, default ``benchmarks/runs/augment_<device>.json``).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=["nnunet", "all-on"], choices=["nnunet", "all-on"])
     parser.add_argument("--device", default="cpu", help="smp3d's device (batchgeneratorsv2 always runs on the CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both libraries)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/runs/...)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "rows": rows,
     }
-    out = args.out or Path(__file__).parent / "results" / f"augment_{device.type}.json"
+    out = args.out or Path(__file__).parent / "runs" / f"augment_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as handle:
         json.dump(record, handle, indent=2)

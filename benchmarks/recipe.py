@@ -24,7 +24,7 @@ on the right. Test Dice per class is computed on the held-out part with the slid
     OMP_NUM_THREADS=1 python benchmarks/recipe.py --minutes 20 --tasks brain nuclei
     OMP_NUM_THREADS=1 python benchmarks/recipe.py --minutes 2 --tasks nuclei --variants recipe monai
 
-Writes ``benchmarks/results/recipe_<tasks>_<minutes>min.json`` and prints a Markdown table.
+Writes ``benchmarks/runs/recipe_<tasks>_<minutes>min.json`` and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def main() -> None:
             print(markdown([row]).splitlines()[-1], flush=True)
     table = markdown(rows)
     print(table)
-    out = args.out or HERE / "results" / f"recipe_{'_'.join(args.tasks)}_{args.minutes:g}min.json"
+    out = args.out or HERE / "runs" / f"recipe_{'_'.join(args.tasks)}_{args.minutes:g}min.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "minutes": args.minutes,
