@@ -191,15 +191,16 @@ def check_channels_last_bf16(model: nn.Module, x: torch.Tensor, classes: int) ->
     return out
 
 
-def check_compiles(model: nn.Module, x: torch.Tensor) -> None:
-    """``torch.compile(fullgraph=True)`` traces the eval model without graph breaks and equals eager."""
+def check_compiles(model: nn.Module, x: torch.Tensor, **tolerances: float) -> None:
+    """``torch.compile(fullgraph=True)`` traces the eval model without graph breaks and equals eager
+    (``tolerances``: ``rtol``/``atol`` of the comparison, torch's defaults when not given)."""
     model.eval()
     # Every compile test traces fresh models through the same code objects: without a reset,
     # Dynamo's per-code recompile limit is reached across tests, which fullgraph=True makes an error.
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x))
+        torch.testing.assert_close(compiled(x), model(x), **tolerances)
 
 
 def check_meta(cls: Callable[..., nn.Module], input_shape: tuple[int, ...], **kwargs) -> nn.Module:

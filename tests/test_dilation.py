@@ -31,7 +31,13 @@ def build(name: str, **kwargs) -> nn.Module:
 def _has_hook(name: str) -> bool:
     with torch.device("meta"):
         encoder = smp3d.get_encoder(name, spatial_dims=2)
-    return type(encoder).stage_modules is not Encoder.stage_modules
+    if type(encoder).stage_modules is Encoder.stage_modules:
+        return False
+    try:
+        encoder.stage_modules(len(encoder.out_channels) - 1)  # the deepest stage: every family has one
+    except NotImplementedError:  # the family says why it has no hook (Swin's windows, a ViT's single stride)
+        return False
+    return True
 
 
 # Families with the dilation hook (HRNet's parallel branches have none: DeepLab/PAN refuse it clearly).

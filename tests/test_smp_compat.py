@@ -23,7 +23,8 @@ def _default_depth(cls: type) -> int:
 
 # Every architecture smp also has whose default encoder depth is below the full 5 stages: smp builds
 # (and saves) the deeper stages anyway.
-SHALLOW = [c.__name__ for c in _CLASSES if hasattr(smp, c.__name__) and _default_depth(c) < 5]
+# smp's DPT builds only on tu- ViTs (its 2D parity, checkpoints included, is tests/test_dpt.py).
+SHALLOW = [c.__name__ for c in _CLASSES if hasattr(smp, c.__name__) and _default_depth(c) < 5 and c.__name__ != "DPT"]
 ENCODERS = ["resnet34", "efficientnet-b0", "mit_b0"]
 
 

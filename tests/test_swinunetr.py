@@ -96,3 +96,12 @@ def test_errors_say_what_was_expected():
         smp3d.SwinUNETR(encoder_depth=6)
     with pytest.raises(ValueError, match="decoder_feature_size must be a positive int"):
         smp3d.SwinUNETR(decoder_feature_size=0, spatial_dims=2)
+
+
+@pytest.mark.slow  # tracing the Swin blocks takes 10-30 s on 2 cores
+def test_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) of a small 3D SwinUNETR (shifted windows, padding): no graph breaks."""
+    from architecture_checks import check_compiles
+
+    model = smp3d.SwinUNETR("swinvit_t", in_channels=1, classes=2, blocks=(1, 1, 1, 1), window_size=4)
+    check_compiles(model, torch.randn(1, 1, 64, 64, 64))  # instance norm needs > 1 voxel at the bottom
