@@ -2,11 +2,13 @@
 
 Variants, each given ``--minutes`` of training on one CPU thread (or the device given):
 
-(a) ``recipe``: smp3d's recipe: the ``nnunet`` architecture (residual encoder, InstanceNorm, deep
-    supervision on) sized for a CPU (``--recipe-features``, one block per stage, a stride-2 first
-    stage), a poly schedule driven by the time budget, gradient clipping at 12 (see
-    :data:`smp3d.training.schedule.NNUNET_OPTIMISATION`), with AdamW 3e-3 (default) or nnU-Net's
-    SGD (``--recipe-optimizer sgd``). The patch and network are set here, not by ``smp3d plan``.
+(a) ``recipe``: ``smp3d train`` with its plan and nothing else: :func:`smp3d.training.plan.make_plan`
+    on the training volumes' fingerprint chooses the network (on a CPU ``light``: nnU-Net's residual
+    encoder with one block per stage and a strided first stage), the patch and the batch by trial
+    steps against ``--recipe-budget`` seconds per step (default: the planner's), then
+    :class:`smp3d.training.TrainConfig`'s defaults train it (nnU-Net's augmentation, deep
+    supervision, AdamW with cosine decay following the time budget). ``--recipe-optimizer sgd``
+    swaps in nnU-Net's SGD (:data:`smp3d.training.schedule.NNUNET_OPTIMISATION`).
 (b) ``defaults``: yesterday's ``smp3d train`` defaults: Unet(resnet18), AdamW 1e-3 with cosine
     decay, random flips, the fixed patch, no deep supervision (the same time budget).
 (c) ``monai``: the script a MONAI user writes: ``monai.networks.nets.UNet`` (channels 16-256,
@@ -126,27 +128,22 @@ def smp3d_config(task: dict, variant: str, minutes: float, args: argparse.Namesp
     )
     if variant == "defaults":
         return TrainConfig(arch="unet", encoder="resnet18", deep_supervision=False, augment="flips", **common)
-    # Sized for a CPU: one residual block per stage and a stride-2 first stage (as MONAI's UNet and the
-    # ResNet stems do): nnU-Net's full-resolution first stage costs ~7x the step time on one CPU thread.
-    depth = 5
-    features = [min(args.recipe_features * 2**i, 320) for i in range(depth)]
-    config = TrainConfig(
-        arch="nnunet",
-        encoder="resenc_m",
-        model_kwargs={
-            "encoder_depth": depth,
-            "features": features,
-            "blocks": [1] * depth,
-            "strides": [2, 2, 2, 2, 1] if args.recipe_stem_stride == 2 else [1, 2, 2, 2, 2],
-        },
-        deep_supervision=None,
-        augment=args.recipe_augment,
-        **common,
+    from smp3d.training.fingerprint import fingerprint_volumes
+    from smp3d.training.plan import make_plan
+
+    plan = make_plan(
+        fingerprint_volumes(task["train"]),
+        device="cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"),
+        budget_seconds_per_step=args.recipe_budget,
+        network=args.recipe_network,
     )
-    config = replace(config, **NNUNET_OPTIMISATION)
-    if args.recipe_optimizer == "adamw":
-        config = replace(config, optimizer="adamw", lr=args.recipe_lr or 3e-3, weight_decay=3e-5, scheduler="poly")
-    elif args.recipe_lr:
+    fields = plan.config_fields()
+    fields["normalize"] = "none"  # the task's volumes are normalised already
+    common.update(patch=fields.pop("patch"), batch_size=fields.pop("batch_size"))
+    config = TrainConfig(**{**fields, **{k: v for k, v in common.items() if k not in fields}})
+    if args.recipe_optimizer == "sgd":
+        config = replace(config, **NNUNET_OPTIMISATION)
+    if args.recipe_lr:
         config = replace(config, lr=args.recipe_lr)
     return config
 
@@ -163,8 +160,9 @@ def run_smp3d(task: dict, variant: str, minutes: float, args: argparse.Namespace
         "train_seconds": result.seconds,
         "params": params,
         "model": model,
+        "patch": tuple(config.patch),
         "describe": f"{config.arch}({config.encoder}, {config.model_kwargs}) {config.optimizer} lr {config.lr} "
-        f"{config.scheduler}, "
+        f"{config.scheduler}, augment {config.augment}, "
         f"deep supervision {getattr(model, 'deep_supervision', False)}, patch {config.patch} x{config.batch_size}",
     }
 
@@ -281,18 +279,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: variants side by side are fair)")
     parser.add_argument("--iters", type=int, default=50, help="smp3d: iterations per epoch (the budget ends the run)")
-    parser.add_argument("--recipe-features", type=int, default=16, help="(a): width of the first stage")
+    parser.add_argument(
+        "--recipe-budget", type=float, default=None, help="(a): seconds per step to plan for (default: the planner's)"
+    )
+    parser.add_argument("--recipe-network", default=None, help="(a): the planned network (default: the planner's)")
     parser.add_argument(
         "--recipe-optimizer",
-        choices=("sgd", "adamw"),
-        default="adamw",
-        help="(a): AdamW 3e-3 with the poly schedule, or nnU-Net's SGD (momentum 0.99 needs many steps)",
+        choices=("default", "sgd"),
+        default="default",
+        help="(a): smp3d train's default optimiser (AdamW), or nnU-Net's SGD (momentum 0.99 needs many steps)",
     )
-    parser.add_argument("--recipe-stem-stride", type=int, choices=(1, 2), default=2, help="(a): first stage's stride")
     parser.add_argument("--recipe-lr", type=float, default=None)
-    parser.add_argument(
-        "--recipe-augment", default="nnunet", help="(a): the augmentation preset (smp3d.augment; flips, none)"
-    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -307,7 +304,8 @@ def main() -> None:
                 result = run_monai(task, args.minutes, args)
             else:
                 result = run_smp3d(task, variant, args.minutes, args)
-            dice = test_dice(result["model"], task, args.device, monai=result.get("monai", False))
+            patch = result.get("patch", task["patch"])  # each model predicts with the patch it trained on
+            dice = test_dice(result["model"], {**task, "patch": patch}, args.device, monai=result.get("monai", False))
             foreground = [d for d in dice[1:] if not math.isnan(d)]
             row = {
                 "task": name,

@@ -393,3 +393,24 @@ def test_base_channels_sets_the_planned_widths(network):
     with torch.device("meta"):
         model = create_model(plan.arch, encoder_name=plan.encoder, in_channels=1, classes=2, **plan.model_kwargs)
     assert model.encoder.out_channels[1:] == (8, 16, 32)
+
+
+def test_light_network_pools_one_stage_earlier_and_predicts_at_full_resolution():
+    """The CPU's default: resenc with one block per stage, the first stage strided, 16 base channels;
+    the planned kernels follow the resolution each stage works at; the output has the input's size."""
+    from smp3d import create_model
+
+    fp = fingerprint([(1, 1, 3)], [(64, 64, 16)])
+    plan = make_plan(fp, patch=(32, 32, 8))  # device cpu: network light
+    topology = plan_topology((1, 1, 3), (32, 32, 8))
+    kwargs = plan.model_kwargs
+    assert plan.encoder == "resenc_m" and kwargs["blocks"] == [1] * topology.stages
+    assert kwargs["strides"] == [list(s) for s in topology.strides[1:]] + [[1, 1, 1]]
+    assert kwargs["kernel_sizes"] == [list(k) for k in topology.kernel_sizes[1:]] + [[3, 3, 3]]
+    assert kwargs["features"][:2] == [16, 32]
+    model = create_model(plan.arch, encoder_name=plan.encoder, in_channels=1, classes=3, **kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, *plan.patch))
+    assert out.shape == (1, 3, *plan.patch)
+    with pytest.raises(TrainingError, match="base-channels"):
+        make_plan(fp, network="resnet18", patch=(32, 32, 8), base_channels=8)

@@ -56,18 +56,18 @@ def add_planning_arguments(group: argparse._ArgumentGroup) -> None:
         "--budget-seconds-per-step",
         type=_positive_float,
         default=None,
-        help="seconds per training step, measured (default: 1.0 on the CPU)",
+        help="seconds per training step, measured (default: 2.0 on the CPU)",
     )
     group.add_argument(
         "--network",
         default=None,
-        help="resenc, plain, or a registered encoder (default: resenc on CUDA, plain on the CPU)",
+        help="resenc, plain, light, or a registered encoder (default: resenc on CUDA, light on the CPU)",
     )
     group.add_argument(
         "--base-channels",
         type=int,
         default=None,
-        help="first-stage width of the resenc/plain network; 16 is about 3x cheaper on a CPU (default: 32, nnU-Net's)",
+        help="first-stage width of the resenc/plain/light network (default: 32, nnU-Net's; light: 16)",
     )
     group.add_argument(
         "--modality",

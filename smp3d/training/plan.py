@@ -63,7 +63,12 @@ CT_AIR_BELOW = -500.0
 NETWORKS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "resenc": ("nnunet", "resenc_m", {"decoder_convs_per_block": 1}),
     "plain": ("nnunet", "plain_nnunet", {}),
+    "light": ("nnunet", "resenc_m", {"decoder_convs_per_block": 1}),
 }
+#: First-stage width of ``light`` (``resenc`` and ``plain``: nnU-Net's 32).
+LIGHT_BASE_CHANNELS = 16
+#: The CPU's default budget: seconds per training step (``light`` at 64^3, batch 2, one thread: ~1.2 s).
+CPU_SECONDS_PER_STEP = 2.0
 MODALITIES = ("auto", "ct", "mr", "other", "none")
 PLAN_VERSION = 1
 
@@ -332,16 +337,28 @@ def network_for(
 
     ``resenc`` and ``plain`` build :class:`~smp3d.NNUNet` with the topology's stages, strides and
     kernels, and stage widths ``min(base_channels * 2**i, 320)`` (512 in 2D; ``base_channels`` None:
-    nnU-Net's 32); any other registered encoder name builds a :class:`~smp3d.Unet` with the
-    topology's pooling strides (as many stages as the encoder allows; no kernel or width choice).
+    nnU-Net's 32). ``light``, for CPUs, is ``resenc`` with one block per stage, the first stage
+    strided (each pooling one stage earlier, the deepest stage not pooling; the stem alone sees full
+    resolution) and ``base_channels`` 16 unless given: a training step costs about an eighth of
+    nnU-Net's per voxel on a CPU, so a budget buys a patch with lobe- or organ-sized context. Any
+    other registered encoder name builds a :class:`~smp3d.Unet` with the topology's pooling strides
+    (as many stages as the encoder allows; no kernel or width choice).
     """
     as_lists = [list(s) for s in topology.strides]
     if network in NETWORKS:
         arch, encoder, extra = NETWORKS[network]
+        kernels = [list(k) for k in topology.kernel_sizes]
+        if network == "light":
+            # The pooling moves one stage up (the first stage already halves; the deepest keeps its
+            # size), each stage takes the kernel planned for the resolution it now works at.
+            as_lists = as_lists[1:] + [[1] * spatial_dims]
+            kernels = kernels[1:] + [[3] * spatial_dims]
+            extra = {**extra, "blocks": [1] * topology.stages}
+            base_channels = LIGHT_BASE_CHANNELS if base_channels is None else base_channels
         kwargs = {
             "encoder_depth": topology.stages,
             "strides": as_lists,
-            "kernel_sizes": [list(k) for k in topology.kernel_sizes],
+            "kernel_sizes": kernels,
             **extra,
         }
         if base_channels is not None:
@@ -389,19 +406,19 @@ def make_plan(
 
     Args:
         fingerprint: the dataset's :class:`~smp3d.training.fingerprint.Fingerprint`.
-        network: ``resenc``, ``plain`` or a registered encoder; default ``resenc`` on CUDA and
-            ``plain`` on the CPU (lighter per voxel, so a CPU budget buys larger patches).
+        network: ``resenc``, ``plain``, ``light`` or a registered encoder; default ``resenc`` on
+            CUDA and ``light`` on the CPU (cheaper per voxel, so a CPU budget buys larger patches).
         device: where the trial steps run.
         budget_gb: GPU memory per step (CUDA; default 8, nnU-Net's).
-        budget_seconds_per_step: seconds per step (default 1.0 on the CPU).
+        budget_seconds_per_step: seconds per step (default :data:`CPU_SECONDS_PER_STEP` on the CPU).
         modality: ``auto``, ``ct``, ``mr``, ``other`` or ``none`` (see :func:`choose_normalization`).
         target_spacing: use this instead of the planned one.
         image_resampling, label_resampling: recorded in the plan (see :mod:`.geometry`).
         label_map, spacing: recorded in the plan, so that training reads the data as planned.
         patch: use this patch (no trial step; batch :data:`MIN_BATCH`).
         amp: trial steps in autocast: True or ``bf16``, or ``fp16``.
-        base_channels: width of the first stage of ``resenc`` / ``plain`` (default 32, nnU-Net's;
-            16 costs about a third of the time per voxel on a CPU).
+        base_channels: width of the first stage of ``resenc`` / ``plain`` / ``light`` (default 32,
+            nnU-Net's; ``light``: 16).
         measure: replaces the trial step (``(patch, batch) -> (cost, static)`` in the budget's unit).
 
     Returns:
@@ -422,7 +439,7 @@ def make_plan(
     smallest = tuple(int(v) for v in np.min(np.asarray(shapes), axis=0))
     normalization, why = choose_normalization(fingerprint, modality)
     notes.append(f"normalisation {normalization}: {why}")
-    network = network or ("resenc" if device.type == "cuda" else "plain")
+    network = network or ("resenc" if device.type == "cuda" else "light")
     max_stages = 8 if network in NETWORKS else 6  # a Unet's encoder: at most 5 pooling stages
     # nnU-Net's field of view: the largest patch is at most the median volume; here also at most the
     # smallest volume, so that every volume yields whole patches.
@@ -449,7 +466,10 @@ def make_plan(
         else:
             if budget_gb is not None:
                 raise TrainingError("--budget-gb measures GPU memory; on the CPU give --budget-seconds-per-step")
-            unit, value = "seconds_per_step", 1.0 if budget_seconds_per_step is None else budget_seconds_per_step
+            unit, value = (
+                "seconds_per_step",
+                CPU_SECONDS_PER_STEP if budget_seconds_per_step is None else budget_seconds_per_step,
+            )
         if not value > 0:
             raise TrainingError(f"the budget must be positive, got {value}")
         budget[unit] = value
