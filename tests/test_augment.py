@@ -25,7 +25,7 @@ from smp3d.augment import (
 from smp3d.augment.spatial import _theta, affine_grid
 from smp3d.training import PatchDataset, TrainConfig, TrainingError, Volume
 from smp3d.training.augmentation import build_augment
-from smp3d.training.patches import read_window
+from smp3d.training.patches import border_value, read_window
 
 SHAPES = {2: (20, 24), 3: (12, 14, 16)}
 
@@ -335,8 +335,9 @@ def test_foreground_draws_a_class_first_then_a_voxel():
     assert sum(label[tuple(c + 2 for c in corner)] == 2 for _, corner in rare.windows) < 5
 
 
-def test_random_patches_reach_past_the_borders_and_read_zeros_there():
+def test_random_patches_reach_past_the_borders_and_read_the_background_there():
     image = np.ones((1, 16, 16), dtype=np.float32)
+    image[:, 1:-1, 1:-1] = 5.0  # the outermost voxels (the background) read 1, the inside 5
     label = np.ones((16, 16), dtype=np.int64)
     volume = Volume("v", image, label)
     dataset = PatchDataset([volume], (8, 8), samples=200, foreground=0.0, flip=False, reach=3, seed=1)
@@ -345,7 +346,8 @@ def test_random_patches_reach_past_the_borders_and_read_zeros_there():
     i = int(np.argmin(corners[:, 0]))
     x, y = dataset[i]
     assert x.shape == (1, 8, 8) and y.shape == (8, 8)
-    assert (x[0, :3] == 0).all() and (y[:3] == 0).all() and (x[0, 3:] == 1).all() and (y[3:] == 1).all()
+    assert (x[0, :3] == 1).all() and (y[:3] == 0).all() and (x[0, 3] == 1).all() and (y[3:] == 1).all()
+    assert (x[0, 4:, 1:-1] == 5).all()
     assert PatchDataset([volume], (8, 8), samples=10).reach == (1, 1)  # default: an eighth of the patch
 
 
@@ -356,10 +358,16 @@ def test_window_is_read_around_the_patch():
     x, _ = grid[0]  # the patch at (0, 0) read with 2 and 1 voxels of context on each side
     assert x.shape == (1, 12, 10)
     torch.testing.assert_close(x[0, 2:10, 1:9], torch.from_numpy(image[0, :8, :8]))
-    assert (x[0, :2] == 0).all() and (x[0, :, 0] == 0).all()
+    background = border_value(torch.from_numpy(image))  # outside the volume reads its border's median
+    assert (x[0, :2] == background).all() and (x[0, :, 0] == background).all()
     tensor = torch.arange(24.0).view(2, 3, 4)
     assert torch.equal(read_window(tensor, (1, 1), (2, 3)), tensor[:, 1:3, 1:4])
     assert read_window(tensor, (5, 5), (2, 2)).abs().sum() == 0
+    fill = torch.tensor([-1.0, 7.0])
+    padded = read_window(tensor, (-1, 2), (2, 3), fill)  # one row above, one column past the end
+    assert torch.equal(padded[:, 1, :2], tensor[:, 0, 2:]) and torch.equal(padded[:, 0, 0], fill)
+    assert torch.equal(padded[:, 1, 2], fill)
+    torch.testing.assert_close(border_value(torch.from_numpy(image)), torch.tensor([199.0]))
     with pytest.raises(TrainingError, match="window \\(6, 6\\) must have one size per axis"):
         PatchDataset([volume], (8, 8), window=(6, 6))
 

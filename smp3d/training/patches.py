@@ -1,7 +1,7 @@
 """Patches of in-memory volumes for training: a grid at a stride, or random windows with
 foreground oversampling (a class first, then a voxel of it), each flipped at random along
-chosen axes. Random patches may reach past the volume's borders (the outside reads 0, label
-background) so that border voxels are seen as often as others; each patch can be read with a
+chosen axes. Random patches may reach past the volume's borders (the outside reads the image's
+background value, label background) so that border voxels are seen as often as others; each patch can be read with a
 larger window around it, for augmentation that rotates (see :meth:`smp3d.augment.Augment.input_shape`)."""
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class PatchDataset(torch.utils.data.Dataset):
     nnU-Net does: a foreground class present in the volume is drawn first (uniformly, so rare
     classes are seen as often as common ones), then one of its voxels. A patch may reach
     ``reach`` voxels past each border (default: an eighth of the patch per axis); what lies
-    outside reads 0 in the image and 0 (background) in the label.
+    outside reads 0 (background) in the label and, in each image channel, the median of the
+    volume's outermost voxels (:func:`border_value`): air or the zero of a masked normalisation,
+    whatever the volume's background is, rather than a constant that may look like tissue.
 
     ``window`` (default: the patch) is the size actually read, centred on the patch, and may be
     larger than the patch: a rotating augmentation then finds image data up to the patch's corners
@@ -90,6 +92,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.images = [torch.from_numpy(v.image) for v in volumes]
         self.labels = [torch.from_numpy(v.label) for v in volumes]  # type: ignore[arg-type]
+        self.fills = [border_value(image) for image in self.images]
         self._class_points = [_class_points(v.label, seed) for v in volumes]
         if samples is None:
             stride = tuple(stride or self.patch)
@@ -127,7 +130,7 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i, corner = self.windows[index]
         corner = tuple(c - (w - p) // 2 for c, w, p in zip(corner, self.window, self.patch, strict=True))
-        image = read_window(self.images[i], corner, self.window)
+        image = read_window(self.images[i], corner, self.window, self.fills[i])
         label = read_window(self.labels[i], corner, self.window)
         if self.flip_axes:
             axes = [a for a in self.flip_axes if torch.rand(()) < 0.5]
@@ -138,19 +141,35 @@ class PatchDataset(torch.utils.data.Dataset):
         return image.contiguous(), label.contiguous()
 
 
-def read_window(tensor: torch.Tensor, corner: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+def read_window(
+    tensor: torch.Tensor, corner: Sequence[int], size: Sequence[int], fill: torch.Tensor | None = None
+) -> torch.Tensor:
     """The window of ``tensor`` ([C,] *spatial) at ``corner`` of ``size`` (trailing axes); parts
-    outside the tensor read 0. A view when the window lies inside, else a new zero-padded tensor."""
+    outside the tensor read ``fill`` (one value per leading channel; None: 0). A view when the
+    window lies inside, else a new padded tensor."""
     lead = tensor.dim() - len(size)
     shape = tensor.shape[lead:]
     inside = tuple(slice(max(c, 0), min(c + n, s)) for c, n, s in zip(corner, size, shape, strict=True))
     if all(c >= 0 and c + n <= s for c, n, s in zip(corner, size, shape, strict=True)):
         return tensor[(slice(None),) * lead + inside]
     out = tensor.new_zeros((*tensor.shape[:lead], *size))
+    if fill is not None:
+        out += fill.to(out.dtype).view(*fill.shape, *(1,) * len(size))
     if all(part.start < part.stop for part in inside):
         target = tuple(slice(part.start - c, part.stop - c) for part, c in zip(inside, corner, strict=True))
         out[(slice(None),) * lead + target] = tensor[(slice(None),) * lead + inside]
     return out
+
+
+def border_value(image: torch.Tensor) -> torch.Tensor:
+    """Per channel of ``image`` (C, *spatial), the median of the voxels on its outer faces."""
+    channels = image.shape[0]
+    faces = [
+        image.select(axis, end).reshape(channels, -1)
+        for axis in range(1, image.dim())
+        for end in (0, image.shape[axis] - 1)
+    ]
+    return torch.cat(faces, dim=1).float().median(dim=1).values
 
 
 def _class_points(label: np.ndarray | None, seed: int, limit: int = 20_000) -> list[np.ndarray]:
