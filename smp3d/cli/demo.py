@@ -1,9 +1,11 @@
-"""``smp3d demo``: train a small 3D Unet on built-in synthetic volumes and segment a held-out one.
+"""``smp3d demo``: train the planned network on built-in synthetic volumes and segment a held-out one.
 
 The volumes are noisy scenes of blobs: class 1 is bright spheres, class 2 dark cuboids, on a
 background with a smooth intensity bias, all under strong voxel noise (a single voxel's
 intensity does not tell its class; its neighbourhood does). Everything runs through the same
-code as ``smp3d train`` and ``smp3d predict``: the patch sampler, the loss, the sliding window.
+code as ``smp3d train`` and ``smp3d predict``: the plan (its network for this device, with a 32^3
+patch given so that no trial step is spent), the patch sampler, the augmentation, deep
+supervision, the loss, the sliding window.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from ..metrics import SegmentationMetrics
 from ..training import (
+    Dist,
     RunDirectory,
     TrainConfig,
     TrainingError,
@@ -26,6 +29,9 @@ from ..training import (
     normalize,
     write_prediction,
 )
+from ..training.distributed import resolve_device
+from ..training.fingerprint import fingerprint_volumes
+from ..training.plan import make_plan
 from . import show_progress
 from .predict import predict_volume, to_labels
 
@@ -67,10 +73,13 @@ def run_demo(args: Any) -> int:
     test = synthetic_volume((args.size + 32, args.size + 16, args.size), rng, blobs=16)
     for v in train + val + [test]:
         v.image = normalize(v.image, "zscore")
+    plan = make_plan(
+        fingerprint_volumes(train), device=resolve_device(args.device, Dist()), patch=(32, 32, 32), modality="none"
+    )
     config = TrainConfig(
-        arch="unet",
-        encoder="resnet18",
-        model_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+        arch=plan.arch,
+        encoder=plan.encoder,
+        model_kwargs=plan.model_kwargs,
         in_channels=1,
         classes=3,
         spatial_dims=3,
@@ -92,7 +101,8 @@ def run_demo(args: Any) -> int:
     )
     print(
         f"smp3d demo: {len(train)} training volumes {shape}, 1 validation volume, held-out volume "
-        f"{test.spatial_shape}; Unet(resnet18, depth 3), patches {config.patch}, batch {config.batch_size}, "
+        f"{test.spatial_shape}; planned {config.arch}({config.encoder}, {len(config.model_kwargs['strides'])} stages), "
+        f"patches {config.patch}, batch {config.batch_size}, "
         f"{config.epochs} epochs x {config.iters} iterations",
         flush=True,
     )
