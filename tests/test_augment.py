@@ -373,7 +373,7 @@ def test_window_is_read_around_the_patch():
 
 
 def test_benchmark_script_runs_both_libraries(tmp_path):
-    pytest.importorskip("batchgeneratorsv2")
+    pytest.importorskip("batchgeneratorsv2.transforms")
     import json
 
     import repo_scripts
