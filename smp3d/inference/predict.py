@@ -82,8 +82,12 @@ def predict_probabilities(
         mode: ``"multiclass"`` (softmax) or ``"binary"`` / ``"multilabel"`` (sigmoid).
         tta_axes: spatial axes (0-based) to mirror over at test time; every subset of them is run
             (``2**len(tta_axes)`` passes per model). None: no mirroring.
-        overlap, blend, batch_size, channels_last, output_device, progress: as in
-            :func:`~smp3d.inference.sliding_window_inference`.
+        overlap: as in :func:`~smp3d.inference.sliding_window_inference`.
+        blend: as in :func:`~smp3d.inference.sliding_window_inference`.
+        batch_size: as in :func:`~smp3d.inference.sliding_window_inference`.
+        channels_last: as in :func:`~smp3d.inference.sliding_window_inference`.
+        output_device: as in :func:`~smp3d.inference.sliding_window_inference`.
+        progress: as in :func:`~smp3d.inference.sliding_window_inference`.
         amp: an autocast dtype (``torch.bfloat16`` on CPU or GPU, ``torch.float16`` on GPU), or None.
 
     Returns:

@@ -413,8 +413,10 @@ def make_plan(
         budget_seconds_per_step: seconds per step (default :data:`CPU_SECONDS_PER_STEP` on the CPU).
         modality: ``auto``, ``ct``, ``mr``, ``other`` or ``none`` (see :func:`choose_normalization`).
         target_spacing: use this instead of the planned one.
-        image_resampling, label_resampling: recorded in the plan (see :mod:`.geometry`).
-        label_map, spacing: recorded in the plan, so that training reads the data as planned.
+        image_resampling: recorded in the plan (see :mod:`.geometry`).
+        label_resampling: recorded in the plan (see :mod:`.geometry`).
+        label_map: recorded in the plan, so that training reads the data as planned.
+        spacing: recorded in the plan, so that training reads the data as planned.
         patch: use this patch (no trial step; batch :data:`MIN_BATCH`).
         amp: trial steps in autocast: True or ``bf16``, or ``fp16``.
         base_channels: width of the first stage of ``resenc`` / ``plain`` / ``light`` (default 32,

@@ -100,13 +100,15 @@ def prepare_run(
     """Read the volumes, plan (unless ``plan`` is given), apply ``overrides``, prepare the volumes.
 
     Args:
-        train_specs, val_specs: as :func:`~smp3d.training.volumes.expand_specs` takes them.
+        train_specs: training data, as :func:`~smp3d.training.volumes.expand_specs` takes them.
+        val_specs: validation data, likewise.
         plan: a :class:`Plan` or a ``plan.json``; None plans from the training volumes now.
         overrides: TrainConfig fields set explicitly (None values count as not given).
         spatial_dims: 2 or 3 (default: the plan's, else 3).
         spacing: voxel size of files without a header (default: the plan's).
         label_map: label value -> class index (default: the plan's).
-        raw_key, label_key: HDF5 dataset names.
+        raw_key: HDF5 dataset name of the image.
+        label_key: HDF5 dataset name of the label.
         planning: arguments of :func:`~smp3d.training.plan.make_plan` (network, device, budget_gb,
             budget_seconds_per_step, modality, target_spacing, image_resampling, label_resampling, amp).
         cache_dir: keep prepared volumes here and reuse them (:mod:`.cache`); with a plan given, a

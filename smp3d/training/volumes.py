@@ -233,7 +233,8 @@ def read_volume(
         spec: the file, or ``IMAGE,LABEL``.
         spatial_dims: 2 or 3.
         need_label: read (and require) the label.
-        raw_key, label_key: HDF5 dataset names.
+        raw_key: HDF5 dataset name of the image.
+        label_key: HDF5 dataset name of the label.
         spacing: voxel size of files without a header (HDF5, NumPy); NIfTI files use their own.
         label_map: label value -> class index, applied to class-index labels.
 

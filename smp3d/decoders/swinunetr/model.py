@@ -63,7 +63,12 @@ class SwinUNETR(SegmentationModel):
         decoder_feature_size: channels of the two finest decoder levels (doubling after). ``None``: the
             encoder's ``feature_size`` attribute (the Swin encoders'), else 24 (MONAI's default).
         decoder_use_norm: normalization of the conv blocks (``"instancenorm"``: MONAI's ``"instance"``).
-        in_channels, classes, activation, aux_params, spatial_dims, strides: as for every architecture.
+        in_channels: input channels.
+        classes: output channels (classes).
+        activation: the head's activation (None, a name or a callable), as for every architecture.
+        aux_params: the classification head's arguments, as for every architecture.
+        spatial_dims: 2 or 3.
+        strides: per-stage strides of the encoder, as for every architecture.
         kwargs: passed to the encoder's builder (for the Swin encoders: ``feature_size``, ``window_size``,
             ``blocks``, ``heads``, ``use_v2``, ``merging``, ``drop_path_rate``...).
 

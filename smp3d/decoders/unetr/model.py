@@ -43,9 +43,15 @@ class UNETR(SegmentationModel):
         encoder_weights: ``None``, a pretrained tag, or a local ``.safetensors`` file/folder.
         feature_size: channels of the finest decoder level, doubling per level (MONAI's ``feature_size``, 16).
         decoder_use_norm: normalization of the conv blocks (``"instancenorm"``: MONAI's ``"instance"``).
-        conv_block, res_block: MONAI's flags: conv blocks after each upsampling of a skip; residual blocks.
-        in_channels, classes, activation, aux_params, spatial_dims, strides: as for every architecture
-            (``strides`` of a ViT: the patch size first, e.g. ``((16, 16, 4), 1, 1, 1)``).
+        conv_block: MONAI's flag: conv blocks after each upsampling of a skip.
+        res_block: MONAI's flag: residual blocks.
+        in_channels: input channels.
+        classes: output channels (classes).
+        activation: the head's activation (None, a name or a callable), as for every architecture.
+        aux_params: the classification head's arguments, as for every architecture.
+        spatial_dims: 2 or 3.
+        strides: per-stage strides, as for every architecture (of a ViT: the patch size first,
+            e.g. ``((16, 16, 4), 1, 1, 1)``).
         kwargs: passed to the encoder's builder (for the UNETR ViT: ``img_size``, ``hidden_size``, ``mlp_dim``,
             ``num_heads``, ``num_layers``, ``qkv_bias``, ``dropout_rate``).
 
