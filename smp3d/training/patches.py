@@ -1,8 +1,9 @@
 """Patches of in-memory volumes for training: a grid at a stride, or random windows with
 foreground oversampling (a class first, then a voxel of it), each flipped at random along
 chosen axes. Random patches may reach past the volume's borders (the outside reads the image's
-background value, label background) so that border voxels are seen as often as others; each patch can be read with a
-larger window around it, for augmentation that rotates (see :meth:`smp3d.augment.Augment.input_shape`)."""
+background value, label background) so that border voxels are seen as often as others; each
+patch can be read with a larger window around it, for augmentation that rotates (see
+:meth:`smp3d.augment.Augment.input_shape`)."""
 
 from __future__ import annotations
 
