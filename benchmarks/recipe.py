@@ -128,12 +128,13 @@ def smp3d_config(task: dict, variant: str, minutes: float, args: argparse.Namesp
     )
     if variant == "defaults":
         return TrainConfig(arch="unet", encoder="resnet18", deep_supervision=False, augment="flips", **common)
+    from smp3d.training import Dist, resolve_device
     from smp3d.training.fingerprint import fingerprint_volumes
     from smp3d.training.plan import make_plan
 
     plan = make_plan(
         fingerprint_volumes(task["train"]),
-        device="cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"),
+        device=resolve_device(args.device, Dist()),
         budget_seconds_per_step=args.recipe_budget,
         network=args.recipe_network,
     )
